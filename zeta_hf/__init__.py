@@ -1,0 +1,30 @@
+"""zeta_hf: Zeta / x-transformers style language models as Hugging Face transformers models."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_zeta import ZetaConfig
+from .modeling_zeta import ZetaCausalLMOutput, ZetaForCausalLM, ZetaModel, ZetaModelOutput, ZetaPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register("zeta", ZetaConfig, exist_ok=True)
+AutoModel.register(ZetaConfig, ZetaModel, exist_ok=True)
+AutoModelForCausalLM.register(ZetaConfig, ZetaForCausalLM, exist_ok=True)
+# Saved folders carry the modeling code, so they load with trust_remote_code=True where zeta_hf is not installed.
+ZetaConfig.register_for_auto_class()
+ZetaModel.register_for_auto_class("AutoModel")
+ZetaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "ZetaConfig",
+    "ZetaPreTrainedModel",
+    "ZetaModel",
+    "ZetaForCausalLM",
+    "ZetaModelOutput",
+    "ZetaCausalLMOutput",
+]
+
+from .zeta_api import Decoder, Encoder, Transformer  # noqa: E402  (after registration: builds on the HF classes)
+from .convert_zeta import convert_zeta_checkpoint  # noqa: E402
+
+__all__ += ["Transformer", "Decoder", "Encoder", "convert_zeta_checkpoint"]

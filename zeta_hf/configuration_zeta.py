@@ -1,0 +1,341 @@
+"""ZetaConfig: every option of Zeta's Transformer and attention layers, typed, grouped and validated."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from transformers import GenerationConfig, PreTrainedConfig
+
+# Names the user picks from; each maps to one class in the model files.
+POSITION_EMBEDDINGS = ("absolute", "scaled_sinusoidal", "rotary", "alibi", "t5", "none")
+ABSOLUTE_POSITION_EMBEDDINGS = ("learned", "scaled_sinusoidal", "none")
+NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
+NORM_PLACEMENTS = ("pre", "post", "sandwich")
+FF_ACTIVATIONS = ("gelu", "geglu", "silu", "swiglu", "relu_squared", "relu_squared_glu")
+
+# Zeta's constructor names that are stored under a Hugging Face name (read and written through either).
+ZETA_ALIASES = {
+    "num_tokens": "vocab_size",
+    "max_seq_len": "max_position_embeddings",
+    "dim": "hidden_size",
+    "depth": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "dim_head": "head_dim",
+    "emb_dim": "embedding_dim",
+    "emb_dropout": "embedding_dropout",
+    "tie_embedding": "tie_word_embeddings",
+    "num_mem_kv": "num_memory_kv",
+}
+
+# Keyword arguments that transformers itself passes to (or stores in) every config.
+_HF_CONFIG_KWARGS = {
+    "auto_map",
+    "num_labels",
+    "torch_dtype",
+    "name_or_path",
+    "output_attentions",
+    "attn_implementation",
+    "experts_implementation",
+    "per_layer_config",
+    "rope_scaling",
+    "rope_parameters",
+    "model_type",
+    "base_model_tp_plan",
+    "base_model_pp_plan",
+    "pretraining_tp",
+    "quantization_config",
+    "tokenizer_class",
+    "prefix",
+    "task_specific_params",
+    "finetuning_task",
+    "decoder_start_token_id",
+    "sep_token_id",
+    "add_cross_attention",
+    "tf_legacy_loss",
+    "use_bfloat16",
+    "torchscript",
+    "pruned_heads",
+    "is_decoder",
+    "cross_attention_hidden_size",
+}
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, but got {value!r}.")
+
+
+def _check_range(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"> {low}" if low_open else f">= {low}"
+        if high != math.inf:
+            bound += f" and <= {high}"
+        raise ValueError(f"`{name}` must be a number {bound}, but got {value!r}.")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
+
+
+class ZetaConfig(PreTrainedConfig):
+    r"""Configuration of a Zeta / x-transformers 1.19 style language model.
+
+    Stored names are the Hugging Face ones (`vocab_size`, `hidden_size`, ...); Zeta's names (`num_tokens`, `dim`,
+    `depth`, `heads`, `max_seq_len`, `dim_head`, `kv_heads`, `emb_dim`, `emb_dropout`, `tie_embedding`,
+    `num_mem_kv`) are accepted and readable as aliases. Variants are picked by name:
+
+    - `position_embedding`: "absolute" (learned table), "scaled_sinusoidal", "rotary", "alibi", "t5", "none".
+    - `absolute_position_embedding`: the table added to token embeddings ("learned", "scaled_sinusoidal",
+      "none"); derived from `position_embedding` unless set, and may be combined with "alibi" as Zeta does.
+    - `norm`: "layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm"; `norm_placement`: "pre", "post", "sandwich".
+    - `ff_activation`: "gelu", "geglu", "silu", "swiglu", "relu_squared", "relu_squared_glu".
+
+    Example:
+    ```python
+    >>> from zeta_hf import ZetaConfig, ZetaForCausalLM
+    >>> config = ZetaConfig(num_tokens=256, max_seq_len=1024, dim=512, depth=12, heads=8, position_embedding="rotary")
+    >>> model = ZetaForCausalLM(config)
+    ```
+    """
+
+    model_type = "zeta"
+    attribute_map = ZETA_ALIASES
+    keys_to_ignore_at_inference = ["cache", "mems"]
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+    }
+
+    # --- size -------------------------------------------------------------------------------------------------
+    vocab_size: int = 256
+    max_position_embeddings: int = 1024
+    hidden_size: int = 512
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    head_dim: int = 64
+    is_causal: bool = True
+
+    # --- embedding (Zeta's Transformer arguments) -------------------------------------------------------------
+    embedding_dim: int | None = None
+    embedding_dropout: float = 0.0
+    post_emb_norm: bool = False
+    l2norm_embed: bool = False
+    emb_frac_gradient: float = 1.0
+    embedding_provider: str | None = None
+    num_memory_tokens: int = 0
+    max_mem_len: int = 0
+    shift_mem_down: int = 0
+    logits_dim: int | None = None
+    tie_word_embeddings: bool = False
+
+    # --- positions --------------------------------------------------------------------------------------------
+    position_embedding: str = "absolute"
+    absolute_position_embedding: str | None = None
+    rotary_emb_dim: int | None = None
+    rotary_base: float = 10000.0
+    rotary_interpolation_factor: float = 1.0
+    rotary_base_rescale_factor: float = 1.0
+    rotary_xpos: bool = False
+    rotary_xpos_scale_base: float = 512.0
+    rotary_rotate_values: bool = False
+    alibi_num_heads: int | None = None
+    rel_pos_num_buckets: int = 32
+    rel_pos_max_distance: int = 128
+
+    # --- norms and residuals ----------------------------------------------------------------------------------
+    norm: str = "layernorm"
+    norm_placement: str = "pre"
+    layer_norm_eps: float = 1e-5
+    macaron: bool = False
+    residual_attn: bool = False
+
+    # --- attention --------------------------------------------------------------------------------------------
+    attention_dropout: float = 0.0
+    qk_norm: bool = False
+    qk_norm_groups: int = 1
+    qk_norm_scale: float = 10.0
+    qk_norm_dim_scale: bool = False
+    num_memory_kv: int = 0
+
+    # --- feedforward ------------------------------------------------------------------------------------------
+    ff_mult: float = 4.0
+    ff_activation: str = "gelu"
+    ff_post_act_ln: bool = False
+    ff_bias: bool = True
+    ff_dropout: float = 0.0
+
+    # --- generation / tokens ----------------------------------------------------------------------------------
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        # Aliases arrive as extra kwargs; apply them before anything is derived from the stored names.
+        for alias, stored in ZETA_ALIASES.items():
+            if alias in kwargs:
+                setattr(self, stored, kwargs.pop(alias))
+        self._reject_unknown_kwargs(kwargs)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.absolute_position_embedding is None:
+            self.absolute_position_embedding = {"absolute": "learned", "scaled_sinusoidal": "scaled_sinusoidal"}.get(
+                self.position_embedding, "none"
+            )
+        if self.position_embedding == "rotary" and self.rotary_emb_dim is None:
+            # Zeta: max(dim_head // 2, 32); capped at the head size, where Zeta itself would crash.
+            self.rotary_emb_dim = min(max(self.head_dim // 2, 32), self.head_dim)
+        super().__post_init__(**kwargs)
+        self.validate_architecture()
+
+    def _reject_unknown_kwargs(self, kwargs: dict) -> None:
+        known = _HF_CONFIG_KWARGS | set(GenerationConfig._get_default_generation_params())
+        unknown = [k for k in kwargs if not k.startswith("_") and k not in known]
+        if unknown:
+            valid = sorted({f for f in self.__dataclass_fields__} | set(ZETA_ALIASES))
+            hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+            hint_text = "; ".join(f"did you mean `{h[0]}` for `{k}`?" for k, h in hints.items() if h)
+            raise ValueError(
+                f"ZetaConfig got unknown option(s) {unknown}. {hint_text + ' ' if hint_text else ''}"
+                f"Valid options are: {', '.join(valid)}."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    def validate_architecture(self) -> None:
+        """Raise `ValueError` naming the field, the value and what is allowed, for any invalid combination."""
+        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("num_memory_tokens", "max_mem_len", "shift_mem_down", "num_memory_kv"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("embedding_dropout", "attention_dropout", "ff_dropout"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        _check_range("emb_frac_gradient", self.emb_frac_gradient, 0.0, 1.0, low_open=True)
+        _check_range("ff_mult", self.ff_mult, 0.0, low_open=True)
+        _check_range("layer_norm_eps", self.layer_norm_eps, 0.0)
+        _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+        _check_choice("absolute_position_embedding", self.absolute_position_embedding, ABSOLUTE_POSITION_EMBEDDINGS)
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        _check_choice("ff_activation", self.ff_activation, FF_ACTIVATIONS)
+        if self.embedding_dim is not None:
+            _check_int("embedding_dim", self.embedding_dim, 1)
+        if self.logits_dim is not None:
+            _check_int("logits_dim", self.logits_dim, 1)
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
+                f"({self.num_key_value_heads})."
+            )
+        if self.shift_mem_down > self.num_hidden_layers:
+            raise ValueError(
+                f"`shift_mem_down` ({self.shift_mem_down}) cannot exceed the number of layers ({self.num_hidden_layers})."
+            )
+        if self.position_embedding in ("rotary", "t5") and self.absolute_position_embedding != "none":
+            raise ValueError(
+                f"`absolute_position_embedding={self.absolute_position_embedding!r}` cannot be combined with "
+                f"`position_embedding={self.position_embedding!r}`: Zeta turns absolute positions off for rotary and "
+                "T5 relative positions. Leave `absolute_position_embedding` unset."
+            )
+        if self.position_embedding == "rotary":
+            _check_int("rotary_emb_dim", self.rotary_emb_dim, 2)
+            if self.rotary_emb_dim % 2 or self.rotary_emb_dim > self.head_dim:
+                raise ValueError(
+                    f"`rotary_emb_dim` must be even and at most `head_dim` ({self.head_dim}), but got {self.rotary_emb_dim}."
+                )
+            _check_range("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0)
+            _check_range("rotary_base", self.rotary_base, 0.0, low_open=True)
+            _check_range("rotary_base_rescale_factor", self.rotary_base_rescale_factor, 0.0, low_open=True)
+            _check_range("rotary_xpos_scale_base", self.rotary_xpos_scale_base, 0.0, low_open=True)
+            if self.rotary_xpos and not self.is_causal:
+                raise ValueError("`rotary_xpos=True` needs a causal model (`is_causal=True`): xpos is not defined for encoders.")
+        elif self.rotary_xpos:
+            raise ValueError(f"`rotary_xpos=True` needs `position_embedding='rotary'`, but got {self.position_embedding!r}.")
+        if self.alibi_num_heads is not None:
+            if self.position_embedding != "alibi":
+                raise ValueError(f"`alibi_num_heads` needs `position_embedding='alibi'`, but got {self.position_embedding!r}.")
+            _check_int("alibi_num_heads", self.alibi_num_heads, 1)
+            if self.alibi_num_heads > self.num_attention_heads:
+                raise ValueError(
+                    f"`alibi_num_heads` ({self.alibi_num_heads}) cannot exceed `num_attention_heads` ({self.num_attention_heads})."
+                )
+        if self.position_embedding == "t5":
+            _check_int("rel_pos_num_buckets", self.rel_pos_num_buckets, 2)
+            _check_int("rel_pos_max_distance", self.rel_pos_max_distance, 1)
+            if self.rel_pos_num_buckets > self.rel_pos_max_distance:
+                raise ValueError(
+                    f"`rel_pos_num_buckets` ({self.rel_pos_num_buckets}) must not exceed `rel_pos_max_distance` "
+                    f"({self.rel_pos_max_distance})."
+                )
+        if self.absolute_position_embedding == "scaled_sinusoidal" and self.input_dim % 2:
+            raise ValueError(f"Scaled sinusoidal positions need an even embedding width, but got {self.input_dim}.")
+        if self.qk_norm:
+            _check_int("qk_norm_groups", self.qk_norm_groups, 1)
+            if self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2:
+                raise ValueError(
+                    f"`qk_norm_groups` ({self.qk_norm_groups}) must divide `head_dim` ({self.head_dim}) into groups of "
+                    "more than 2 features."
+                )
+        if self.tie_word_embeddings and self.input_dim != self.hidden_size:
+            raise ValueError(
+                f"`tie_word_embeddings=True` needs `embedding_dim` ({self.input_dim}) equal to `hidden_size` "
+                f"({self.hidden_size}): the output head reuses the token embedding matrix."
+            )
+        if self.tie_word_embeddings and self.logits_dim not in (None, self.vocab_size):
+            raise ValueError(
+                f"`tie_word_embeddings=True` produces `vocab_size` ({self.vocab_size}) logits, but `logits_dim` is "
+                f"{self.logits_dim}."
+            )
+        if self.embedding_provider is not None and (
+            not isinstance(self.embedding_provider, str) or ":" not in self.embedding_provider
+        ):
+            raise ValueError(
+                "`embedding_provider` must be an import path 'package.module:factory' naming a callable "
+                f"`(num_tokens, dim) -> nn.Module`, but got {self.embedding_provider!r}."
+            )
+
+    # --- capabilities, derived once and read by the model and the tests ---------------------------------------
+    @property
+    def input_dim(self) -> int:
+        """Width of token (and absolute position) embeddings, before `project_emb`."""
+        return self.embedding_dim or self.hidden_size
+
+    @property
+    def output_dim(self) -> int:
+        return self.logits_dim or self.vocab_size
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.hidden_size * self.ff_mult)
+
+    @property
+    def layer_pattern(self) -> tuple[str, ...]:
+        """Kinds of the residual layers, in order: "attn" (self-attention) or "ff" (feedforward)."""
+        block = ("ff", "attn", "ff") if self.macaron else ("attn", "ff")
+        return block * self.num_hidden_layers
+
+    @property
+    def num_attention_layers(self) -> int:
+        return self.layer_pattern.count("attn")
+
+    @property
+    def needs_attention_scores(self) -> bool:
+        """True when a layer consumes pre-softmax scores, which only the eager attention exposes."""
+        return self.residual_attn
+
+    @property
+    def supports_cache(self) -> bool:
+        """xpos with Zeta's value rotation scales values by an offset that depends on the total length."""
+        return not (self.rotary_xpos and self.rotary_rotate_values)
+
+
+__all__ = ["ZetaConfig"]

@@ -1,0 +1,170 @@
+"""Import a Zeta / x-transformers 1.19 checkpoint (state dict + constructor kwargs) as a `ZetaForCausalLM` folder.
+
+    python -m zeta_hf.convert_zeta --checkpoint model.pt --kwargs kwargs.json --output-dir out/
+
+`kwargs.json` holds the `Transformer(...)` keyword arguments with the attention layers under "attn_layers":
+`{"num_tokens": 256, "max_seq_len": 1024, "attn_layers": {"type": "Decoder", "dim": 512, "depth": 6, ...}}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .configuration_zeta import ZetaConfig
+from .modeling_zeta import ZetaForCausalLM
+from .zeta_api import Decoder, Encoder, config_from_zeta_kwargs
+
+# Zeta key (after `attn_layers.layers.{i}.`) -> our key (after `model.layers.{i}.`)
+_NORM_SLOTS = {"0.0": "pre_norm", "0.1": "branch_norm", "0.2": "post_norm"}
+_ATTN_KEYS = {
+    "to_q.weight": "q_proj.weight",
+    "to_k.weight": "k_proj.weight",
+    "to_v.weight": "v_proj.weight",
+    "to_out.weight": "o_proj.weight",
+    "qk_norm_q_scale": "q_scale",
+    "qk_norm_k_scale": "k_scale",
+    "mem_k": "memory_k",
+    "mem_v": "memory_v",
+}
+_TOP_KEYS = {
+    "token_emb.emb.weight": "model.embed_tokens.weight",
+    "pos_emb.emb.weight": "model.embed_positions.emb.weight",
+    "pos_emb.scale": "model.embed_positions.scale",
+    "post_emb_norm.weight": "model.post_emb_norm.weight",
+    "post_emb_norm.bias": "model.post_emb_norm.bias",
+    "project_emb.weight": "model.project_emb.weight",
+    "project_emb.bias": "model.project_emb.bias",
+    "memory_tokens": "model.memory_tokens",
+    "attn_layers.final_norm.weight": "model.norm.weight",
+    "attn_layers.final_norm.bias": "model.norm.bias",
+    "attn_layers.final_norm.g": "model.norm.weight",
+    "attn_layers.rel_pos.relative_attention_bias.weight": "model.position_bias.relative_attention_bias.weight",
+    "to_logits.weight": "lm_head.weight",
+    "to_logits.bias": "lm_head.bias",
+}
+# Buffers Zeta saves that we recompute.
+_SKIP = re.compile(r"attn_layers\.rotary_pos_emb\.(inv_freq|scale)$|\.inv_freq$")
+
+
+def _ff_key(rest: str, post_act_ln: bool) -> str:
+    """Zeta FeedForward keys: ff.0.0 / ff.0.proj (in), ff.1 (post-act LayerNorm), last index (out)."""
+    rest = rest.removeprefix("fn.")  # macaron wraps the feedforward in Scale(0.5, ...)
+    m = re.fullmatch(r"ff\.(\d+)\.(?:(?:0|proj)\.)?(weight|bias)", rest)
+    if m is None:
+        raise ValueError(f"Unexpected feedforward parameter `{rest}` in the Zeta checkpoint.")
+    index, kind = int(m.group(1)), m.group(2)
+    out_index = 3 if post_act_ln else 2
+    name = {0: "up_proj", out_index: "down_proj"}.get(index, "post_act_norm" if post_act_ln and index == 1 else None)
+    if name is None:
+        raise ValueError(f"Unexpected feedforward parameter `{rest}` in the Zeta checkpoint.")
+    return f"mlp.{name}.{kind}"
+
+
+def _head_permutation(config: ZetaConfig) -> torch.Tensor | None:
+    """Zeta groups query heads as `h -> kv head h % kv_heads`, transformers as `h -> h // groups`: reorder heads."""
+    h, kv = config.num_attention_heads, config.num_key_value_heads
+    if kv in (1, h):
+        return None
+    groups = h // kv
+    ours = torch.arange(h)
+    return (ours % groups) * kv + ours // groups  # our head -> Zeta head
+
+
+def convert_state_dict(zeta_state: dict[str, torch.Tensor], config: ZetaConfig) -> dict[str, torch.Tensor]:
+    """Rename (and, for grouped-query attention, reorder) a Zeta 1.19 state dict into `ZetaForCausalLM` keys."""
+    perm = _head_permutation(config)
+    if perm is not None and config.position_embedding == "alibi":
+        raise ValueError(
+            "Converting grouped-query attention (kv_heads < heads, > 1) combined with ALiBi is not supported: the "
+            "per-head slopes would need reordering."
+        )
+    d = config.head_dim
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in zeta_state.items():
+        if _SKIP.search(key):
+            continue
+        if key in _TOP_KEYS:
+            new = _TOP_KEYS[key]
+        else:
+            m = re.fullmatch(r"attn_layers\.layers\.(\d+)\.(\d)\.(.+)", key)
+            if m is None:
+                raise ValueError(f"Unexpected parameter `{key}` in the Zeta checkpoint: this option is not supported.")
+            i, slot, rest = int(m.group(1)), m.group(2), m.group(3)
+            kind = config.layer_pattern[i]
+            if slot == "0":
+                norm_slot, _, param = rest.partition(".")
+                new = f"layers.{i}.{_NORM_SLOTS['0.' + norm_slot]}.{'weight' if param == 'g' else param}"
+            elif slot == "1" and kind == "attn":
+                if rest not in _ATTN_KEYS:
+                    raise ValueError(f"Unexpected attention parameter `{key}` in the Zeta checkpoint.")
+                new = f"layers.{i}.self_attn.{_ATTN_KEYS[rest]}"
+                if perm is not None and rest == "to_q.weight":
+                    tensor = tensor.view(-1, d, tensor.shape[-1])[perm].reshape_as(tensor)  # (h * d, dim) rows by head
+                elif perm is not None and rest == "to_out.weight":
+                    tensor = tensor.view(tensor.shape[0], -1, d)[:, perm].reshape_as(tensor)  # (dim, h * d) cols by head
+            elif slot == "1":
+                new = f"layers.{i}.{_ff_key(rest, config.ff_post_act_ln)}"
+            else:
+                raise ValueError(f"Unexpected parameter `{key}` in the Zeta checkpoint: this option is not supported.")
+            new = "model." + new
+        if perm is not None and new.endswith("relative_attention_bias.weight"):
+            tensor = tensor[:, perm]
+        out[new] = tensor
+    return out
+
+
+def _layers_from_kwargs(layer_kwargs: dict):
+    layer_kwargs = dict(layer_kwargs)
+    kind = layer_kwargs.pop("type", "Decoder")
+    classes = {"Decoder": Decoder, "Encoder": Encoder}
+    if kind not in classes:
+        raise ValueError(f"`attn_layers.type` must be 'Decoder' or 'Encoder', but got {kind!r}.")
+    return classes[kind](**layer_kwargs)
+
+
+def convert_zeta_checkpoint(
+    zeta_state: dict[str, torch.Tensor], transformer_kwargs: dict, output_dir: str | Path | None = None
+) -> ZetaForCausalLM:
+    """Build a `ZetaForCausalLM` with the weights of a Zeta model; save it to `output_dir` when given.
+
+    `transformer_kwargs` are the Zeta `Transformer(...)` kwargs, with `attn_layers` either a zeta_hf `Decoder` /
+    `Encoder` or a dict of its kwargs plus `"type": "Decoder" | "Encoder"`.
+    """
+    kwargs = dict(transformer_kwargs)
+    layers = kwargs.pop("attn_layers")
+    if isinstance(layers, dict):
+        layers = _layers_from_kwargs(layers)
+    config = config_from_zeta_kwargs(kwargs, layers)
+    model = ZetaForCausalLM(config)
+    state = convert_state_dict(zeta_state, config)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"Checkpoint does not match the configuration: missing {missing}, unexpected {unexpected}.")
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="torch.save'd state dict of the Zeta Transformer")
+    parser.add_argument("--kwargs", required=True, help="JSON file with the Transformer constructor kwargs")
+    parser.add_argument("--output-dir", required=True)
+    args = parser.parse_args(argv)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    kwargs = json.loads(Path(args.kwargs).read_text())
+    convert_zeta_checkpoint(state, kwargs, args.output_dir)
+    print(f"Saved ZetaForCausalLM to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

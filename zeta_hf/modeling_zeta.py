@@ -1,0 +1,821 @@
+"""Zeta / x-transformers 1.19 language model as a Hugging Face `PreTrainedModel`.
+
+Data flows top to bottom through this file: token ids -> `ZetaEmbeddings` (token + absolute position, prepend, project)
+-> memory tokens -> `ZetaLayer`s (each one residual branch: `ZetaAttention` or `ZetaFeedForward`) -> final norm ->
+`lm_head`. Positions are explicit tensors along one "key axis" per sequence:
+
+    [learned memory K/V slots | Transformer-XL mems | memory tokens | prepended embeddings | tokens]
+
+Everything before the tokens is a prefix that is written into the KV cache at prefill and never recomputed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_zeta import ZetaConfig
+from .positional_zeta import (
+    ABSOLUTE_POSITION_CLASSES,
+    ATTENTION_BIAS_CLASSES,
+    AlibiPositionBias,
+    RotaryEmbedding,
+    ScaledSinusoidalEmbedding,
+    T5RelativePositionBias,
+    apply_rotary,
+    l2norm,
+)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Norms and activations, chosen by name
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ZetaRMSNorm(nn.Module):
+    """Zeta's RMSNorm: `normalize(x) * sqrt(dim) * weight` (no epsilon)."""
+
+    def __init__(self, dim: int, eps: float = 0.0):
+        super().__init__()
+        self.scale = dim**0.5
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) * self.scale * self.weight
+
+
+class ZetaSimpleRMSNorm(nn.Module):
+    """RMSNorm without a learned gain."""
+
+    def __init__(self, dim: int, eps: float = 0.0):
+        super().__init__()
+        self.scale = dim**0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) * self.scale
+
+
+class ZetaScaleNorm(nn.Module):
+    """ScaleNorm: `x / max(||x||, eps) * g` with one learned scalar `g` (initialised to `dim ** -0.5`)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1) * dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps) * self.weight
+
+
+NORM_CLASSES = {"layernorm": nn.LayerNorm, "rmsnorm": ZetaRMSNorm, "scalenorm": ZetaScaleNorm, "simple_rmsnorm": ZetaSimpleRMSNorm}
+
+
+def make_norm(config: ZetaConfig, dim: int | None = None) -> nn.Module:
+    return NORM_CLASSES[config.norm](dim or config.hidden_size, eps=config.layer_norm_eps)
+
+
+class ReluSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) ** 2
+
+
+# name -> (activation class, gated linear unit)
+FF_ACTIVATION_CLASSES = {
+    "gelu": (nn.GELU, False),
+    "geglu": (nn.GELU, True),
+    "silu": (nn.SiLU, False),
+    "swiglu": (nn.SiLU, True),
+    "relu_squared": (ReluSquared, False),
+    "relu_squared_glu": (ReluSquared, True),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output types
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ZetaModelOutput(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus Transformer-XL memories (one per attention layer) when asked for."""
+
+    mems: list[torch.Tensor] | None = None
+
+
+@dataclass
+class ZetaCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus Transformer-XL memories and the final hidden states."""
+
+    mems: list[torch.Tensor] | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(b, kv_heads, n, d) -> (b, kv_heads * n_rep, n, d); query head h reads key/value head h // n_rep."""
+    if n_rep == 1:
+        return hidden_states
+    b, kv_heads, n, d = hidden_states.shape
+    return hidden_states[:, :, None].expand(b, kv_heads, n_rep, n, d).reshape(b, kv_heads * n_rep, n, d)
+
+
+def attention_scores(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    prev_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pre-softmax scores (b, h, i, j): `q k^T * scale` (+ previous layer's scores) + additive bias/mask."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if prev_scores is not None:  # residual attention (RealFormer)
+        scores = scores + prev_scores
+    if attention_mask is not None:
+        # clamp keeps masked entries finite (no -inf), so fully masked rows and residual attention never give NaN
+        scores = (scores + attention_mask).clamp(min=torch.finfo(scores.dtype).min)
+    return scores
+
+
+def attend(module: nn.Module, scores: torch.Tensor, value: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax (in float32) over keys, dropout, weighted sum of values -> (b, i, h, d), weights (b, h, i, j)."""
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    dropped = F.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(dropped, repeat_kv(value, module.num_key_value_groups))  # (b, h, i, d)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference attention: every other implementation must agree with it."""
+    scores = attention_scores(module, query, key, attention_mask, scaling)
+    return attend(module, scores, value, dropout)
+
+
+class ZetaAttention(nn.Module):
+    """Multi-head self-attention with GQA, qk-norm, learned memory key/values, rotary and additive biases."""
+
+    def __init__(self, config: ZetaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx  # index among attention layers: the KV cache slot
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.head_dim = config.head_dim
+        self.is_causal = config.is_causal
+        self.qk_norm = config.qk_norm
+        self.qk_norm_groups = config.qk_norm_groups
+        self.scaling = config.qk_norm_scale if config.qk_norm else self.head_dim**-0.5
+        self.rotate_values = config.rotary_rotate_values
+        self.attention_dropout = config.attention_dropout
+
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm and config.qk_norm_dim_scale:
+            self.q_scale = nn.Parameter(torch.ones(self.head_dim))
+            self.k_scale = nn.Parameter(torch.ones(self.head_dim))
+        else:
+            self.q_scale = self.k_scale = None
+        if config.num_memory_kv > 0:
+            self.memory_k = nn.Parameter(torch.randn(self.num_kv_heads, config.num_memory_kv, self.head_dim))
+            self.memory_v = nn.Parameter(torch.randn(self.num_kv_heads, config.num_memory_kv, self.head_dim))
+        else:
+            self.memory_k = self.memory_v = None
+
+    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        if not self.qk_norm:
+            return t
+        t = l2norm(t, self.qk_norm_groups)
+        return t * scale if scale is not None else t
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rotary: tuple | None = None,
+        cache: Cache | None = None,
+        mem: torch.Tensor | None = None,
+        prefill: bool = True,
+        prev_scores: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        b, n, _ = hidden_states.shape
+        # XL memories join keys and values only, already normed like the input
+        kv_input = hidden_states if mem is None else torch.cat((mem, hidden_states), dim=1)
+
+        query = self.q_proj(hidden_states).view(b, n, -1, self.head_dim).transpose(1, 2)  # (b, h, n, d)
+        key = self.k_proj(kv_input).view(b, kv_input.shape[1], -1, self.head_dim).transpose(1, 2)  # (b, kvh, m+n, d)
+        value = self.v_proj(kv_input).view(b, kv_input.shape[1], -1, self.head_dim).transpose(1, 2)
+        query = self.normalize_qk(query, self.q_scale)
+        key = self.normalize_qk(key, self.k_scale)
+
+        if rotary is not None:
+            (q_cos, q_sin, q_scale), (k_cos, k_sin, k_scale) = rotary
+            query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0)
+            k_scale = 1.0 if k_scale is None else k_scale**-1.0
+            key = apply_rotary(key, k_cos, k_sin, k_scale)
+            if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
+                value = apply_rotary(value, k_cos, k_sin, k_scale)
+
+        if self.memory_k is not None and prefill:
+            # learned memory slots enter the key axis once, at prefill; afterwards they live in the cache
+            memory_k = self.normalize_qk(self.memory_k, self.k_scale).expand(b, -1, -1, -1).to(key.dtype)
+            key = torch.cat((memory_k, key), dim=2)
+            value = torch.cat((self.memory_v.expand(b, -1, -1, -1).to(value.dtype), value), dim=2)
+
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        scores = None
+        if self.config.needs_attention_scores:
+            scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores)
+            attn_output, attn_weights = attend(self, scores, value, self.attention_dropout if self.training else 0.0)
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            attn_output, attn_weights = attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=self.attention_dropout if self.training else 0.0,
+                scaling=self.scaling,
+                is_causal=self.is_causal and attention_mask is None and n > 1,
+            )
+        attn_output = attn_output.reshape(b, n, -1)  # (b, n, h * d)
+        return self.o_proj(attn_output), attn_weights, scores
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Feedforward
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ZetaFeedForward(nn.Module):
+    """Linear -> activation (optionally gated: one fused projection chunked as value, gate) -> [LayerNorm] -> Linear."""
+
+    def __init__(self, config: ZetaConfig, layer_idx: int):
+        super().__init__()
+        inner = config.intermediate_size
+        activation, self.glu = FF_ACTIVATION_CLASSES[config.ff_activation]
+        # Zeta's GLU projection always has a bias; `ff_bias=False` (ff_no_bias) only reaches the plain path.
+        self.up_proj = nn.Linear(config.hidden_size, inner * 2 if self.glu else inner, bias=config.ff_bias or self.glu)
+        self.act = activation()
+        self.post_act_norm = nn.LayerNorm(inner) if config.ff_post_act_ln else nn.Identity()
+        self.dropout = nn.Dropout(config.ff_dropout)
+        self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.ff_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.glu:
+            x, gate = self.up_proj(x).chunk(2, dim=-1)
+            x = x * self.act(gate)
+        else:
+            x = self.act(self.up_proj(x))
+        return self.down_proj(self.dropout(self.post_act_norm(x)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One residual layer: norm placement, branch, residual
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ZetaLayer(GradientCheckpointingLayer):
+    """One residual branch (self-attention or feedforward) with pre-, post- or sandwich norm."""
+
+    def __init__(self, config: ZetaConfig, layer_idx: int, kind: str, attn_idx: int | None = None):
+        super().__init__()
+        self.kind = kind
+        self.pre_norm = make_norm(config) if config.norm_placement in ("pre", "sandwich") else nn.Identity()
+        self.branch_norm = make_norm(config) if config.norm_placement == "sandwich" else nn.Identity()
+        self.post_norm = make_norm(config) if config.norm_placement == "post" else nn.Identity()
+        self.self_attn = ZetaAttention(config, attn_idx) if kind == "attn" else None
+        self.mlp = ZetaFeedForward(config, layer_idx) if kind == "ff" else None
+        # macaron: two half-weighted feedforwards around the attention
+        self.branch_scale = 0.5 if (config.macaron and kind == "ff") else 1.0
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **attn_kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        weights = scores = None
+        h = self.pre_norm(hidden_states)
+        if self.self_attn is not None:
+            h, weights, scores = self.self_attn(h, attention_mask, **attn_kwargs)
+            if attn_kwargs.get("query_keep") is not None:  # Zeta zeroes attention outputs at padded queries
+                h = h * attn_kwargs["query_keep"]
+        else:
+            h = self.mlp(h)
+        h = self.branch_norm(h) * self.branch_scale
+        return self.post_norm(hidden_states + h), weights, scores
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained base
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ZetaPreTrainedModel(PreTrainedModel):
+    config: ZetaConfig
+    config_class = ZetaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ZetaLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots."""
+        if isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                bound = module.in_features**-0.5
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (ZetaRMSNorm,)):
+            init.ones_(module.weight)
+        elif isinstance(module, ZetaScaleNorm):
+            init.constant_(module.weight, module.weight.shape[0] and self.config.hidden_size**-0.5)
+        elif isinstance(module, ScaledSinusoidalEmbedding):
+            init.constant_(module.scale, self.config.input_dim**-0.5)
+            init.copy_(module.inv_freq, module.compute_inv_freq(self.config.input_dim, module.theta))
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+            init.copy_(module.xpos_scale, module.compute_xpos_scale())
+        elif isinstance(module, AlibiPositionBias):
+            init.copy_(module.slopes, module.compute_slopes())
+        elif isinstance(module, T5RelativePositionBias):
+            init.normal_(module.relative_attention_bias.weight)
+        elif isinstance(module, ZetaAttention):
+            if module.q_scale is not None:
+                init.ones_(module.q_scale)
+                init.ones_(module.k_scale)
+            if module.memory_k is not None:
+                init.normal_(module.memory_k)
+                init.normal_(module.memory_v)
+        elif isinstance(module, ZetaModel):
+            std_small = 1e-5 if self.config.l2norm_embed else None
+            if isinstance(module.embed_tokens, nn.Embedding):
+                if std_small:
+                    init.normal_(module.embed_tokens.weight, std=std_small)
+                else:
+                    init.kaiming_normal_(module.embed_tokens.weight)
+            if module.embed_positions is not None and hasattr(module.embed_positions, "emb"):
+                init.normal_(module.embed_positions.emb.weight, std=std_small or 1.0)
+            if module.memory_tokens is not None:
+                init.normal_(module.memory_tokens)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _load_embedding_provider(path: str) -> Callable[[int, int], nn.Module]:
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`embedding_provider` {path!r} could not be imported: {err}.") from err
+    return factory
+
+
+@dataclass
+class _Layout:
+    """Where everything sits on the key axis for one forward call."""
+
+    past_length: int  # cached key/values (all prefixes included)
+    prefix_length: int  # memory K/V slots + XL mems + memory tokens (never masked)
+    prepend_length: int  # prepended embeddings (part of the masked sequence, not of the tokens)
+    new_prefix: int  # key slots entering before the queries in this call (mem-kv slots + XL mems, prefill only)
+    num_queries: int  # rows computed in this call (memory tokens + prepend + tokens)
+
+
+class ZetaModel(ZetaPreTrainedModel):
+    """The Zeta Transformer without its head: token ids -> final-normed hidden states (b, n, dim)."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__(config)
+        if config.embedding_provider is not None:
+            self.embed_tokens = _load_embedding_provider(config.embedding_provider)(config.vocab_size, config.input_dim)
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.input_dim)
+        abs_cls = ABSOLUTE_POSITION_CLASSES.get(config.absolute_position_embedding)
+        self.embed_positions = abs_cls(config) if abs_cls is not None else None
+        self.post_emb_norm = nn.LayerNorm(config.input_dim) if config.post_emb_norm else nn.Identity()
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.project_emb = (
+            nn.Linear(config.input_dim, config.hidden_size) if config.input_dim != config.hidden_size else nn.Identity()
+        )
+        self.memory_tokens = (
+            nn.Parameter(torch.randn(config.num_memory_tokens, config.hidden_size)) if config.num_memory_tokens else None
+        )
+        self.rotary_emb = RotaryEmbedding(config) if config.position_embedding == "rotary" else None
+        bias_cls = ATTENTION_BIAS_CLASSES.get(config.position_embedding)
+        self.position_bias = bias_cls(config) if bias_cls is not None else None
+
+        layers, attn_idx = [], 0
+        for layer_idx, kind in enumerate(config.layer_pattern):
+            layers.append(ZetaLayer(config, layer_idx, kind, attn_idx if kind == "attn" else None))
+            attn_idx += kind == "attn"
+        self.layers = nn.ModuleList(layers)
+        self.norm = make_norm(config) if config.norm_placement in ("pre", "sandwich") else nn.Identity()
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    # ---- input checks: one clear sentence instead of an IndexError deep in torch ----
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, mems, cache, position_ids) -> None:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if input_ids is not None:
+            if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+                raise TypeError(f"`input_ids` must be an integer tensor, but got dtype {input_ids.dtype}.")
+            if input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must have shape (batch, seq_len), but got {tuple(input_ids.shape)}.")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+                bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)][0].item()
+                raise ValueError(
+                    f"`input_ids` contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size})."
+                )
+        seq = input_ids if input_ids is not None else inputs_embeds
+        if seq.shape[1] == 0:
+            raise ValueError("`input_ids` is an empty sequence: at least one token is needed.")
+        if mems is not None:
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("`mems` can only be passed with an empty cache: after prefill they live in the cache.")
+            n_attn = self.config.num_attention_layers
+            if not isinstance(mems, (list, tuple)) or len(mems) != n_attn:
+                got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
+                raise ValueError(f"`mems` must be a list of {n_attn} tensors (one per attention layer), but got {got}.")
+            for i, m in enumerate(mems):
+                if m.dim() != 3 or m.shape[0] != seq.shape[0] or m.shape[2] != self.config.hidden_size:
+                    raise ValueError(
+                        f"`mems[{i}]` must have shape (batch={seq.shape[0]}, mem_len, dim={self.config.hidden_size}), "
+                        f"but got {tuple(m.shape)}."
+                    )
+                if m.shape[1] != mems[0].shape[1]:
+                    raise ValueError(f"All `mems` must have the same length, but `mems[{i}]` has {m.shape[1]}.")
+
+    # ---- positions along the key axis ----
+    def _sequence_positions(self, layout: _Layout, mask: torch.Tensor | None, device) -> torch.Tensor:
+        """Positions (b | 1, s) of the sequence rows of this call (prepend + tokens), counted from the first one."""
+        s = layout.num_queries - (self.config.num_memory_tokens if layout.past_length == 0 else 0)
+        if mask is not None:
+            return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -s:]
+        past_seq = layout.past_length - layout.prefix_length if layout.past_length else 0
+        return (past_seq + torch.arange(s, device=device))[None]
+
+    def _relative_inputs(self, layout: _Layout, mask: torch.Tensor | None, mem_len: int, device):
+        """Rotary cos/sin for queries and new keys, and the additive attention bias (b | 1, h | 1, i, j) or None."""
+        cfg, prefill = self.config, layout.past_length == 0
+        n_kv_slots = cfg.num_memory_kv
+        seq_pos = layout.prefix_length + self._sequence_positions(layout, mask, device)  # key-axis positions
+        if prefill and cfg.num_memory_tokens:
+            mem_tok_pos = (n_kv_slots + mem_len + torch.arange(cfg.num_memory_tokens, device=device))[None]
+            seq_pos = torch.cat((mem_tok_pos.expand(seq_pos.shape[0], -1), seq_pos), dim=1)
+        query_pos = seq_pos
+        kv_len = layout.past_length + layout.new_prefix + layout.num_queries
+
+        rotary = None
+        if self.rotary_emb is not None:
+            # rotary counts positions without the memory K/V slots, which are never rotated
+            q_rot = query_pos - n_kv_slots
+            k_rot = q_rot
+            if prefill and mem_len:
+                k_rot = torch.cat((torch.arange(mem_len, device=device)[None].expand(q_rot.shape[0], -1), q_rot), dim=1)
+            total = kv_len - n_kv_slots
+            rotary = (self.rotary_emb(q_rot, total), self.rotary_emb(k_rot, total))
+
+        padded = mask is not None
+        needs_mask = padded or self.position_bias is not None or (
+            cfg.is_causal and (layout.num_queries > 1) and (kv_len > layout.num_queries or self._eager_like)
+        )
+        if not needs_mask:
+            return rotary, None
+
+        key_index = torch.arange(kv_len, device=device)
+        if padded:
+            key_pos = torch.cat(
+                (key_index[: layout.prefix_length][None].expand(mask.shape[0], -1),
+                 layout.prefix_length + (mask.long().cumsum(-1) - 1).clamp(min=0)), dim=1
+            )
+        else:
+            key_pos = key_index[None]
+        dtype = self.dtype
+        bias = torch.zeros((), dtype=dtype, device=device)
+        if self.position_bias is not None:
+            bias = self.position_bias(query_pos, key_pos).to(dtype)  # (b, h, i, j)
+        keep = torch.ones((1, 1, 1, kv_len), dtype=torch.bool, device=device)
+        if padded:
+            prefix = torch.ones(mask.shape[0], layout.prefix_length, dtype=torch.bool, device=device)
+            keep = torch.cat((prefix, mask.bool()), dim=1)[:, None, None, :]  # (b, 1, 1, j)
+        if cfg.is_causal:
+            query_index = kv_len - layout.num_queries + torch.arange(layout.num_queries, device=device)
+            keep = keep & (key_index[None, :] <= query_index[:, None])[None, None]  # (b, 1, i, j)
+        return rotary, torch.where(keep, bias, torch.finfo(dtype).min)
+
+    @property
+    def _eager_like(self) -> bool:
+        return self.config._attn_implementation != "sdpa" or self.config.needs_attention_scores
+
+    # ---- embeddings ----
+    def embed(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        pos: torch.Tensor | None = None,
+        sum_embeds: torch.Tensor | None = None,
+        prepend_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token + absolute position (+ sum_embeds) -> post-emb norm -> prepend -> frac-gradient -> dropout -> project."""
+        cfg = self.config
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if cfg.l2norm_embed and inputs_embeds is None:
+            x = l2norm(x)
+        if pos is not None and pos.dtype.is_floating_point:
+            x = x + pos  # an external positional embedding
+        elif self.embed_positions is not None:
+            ids = pos if pos is not None else position_ids
+            if isinstance(self.embed_positions, nn.Module) and hasattr(self.embed_positions, "emb"):
+                if ids.numel() and (ids.max() >= cfg.max_position_embeddings or ids.min() < 0):
+                    raise ValueError(
+                        f"Position {int(ids.max())} is outside the learned absolute position table of size "
+                        f"`max_position_embeddings`={cfg.max_position_embeddings}; sequences (and generation) can be at "
+                        "most that long with absolute positions."
+                    )
+            x = x + self.embed_positions(ids)
+        if sum_embeds is not None:
+            x = x + sum_embeds
+        x = self.post_emb_norm(x)
+        if prepend_embeds is not None:
+            x = torch.cat((prepend_embeds.to(x.dtype), x), dim=1)
+        if cfg.emb_frac_gradient < 1:
+            x = x * cfg.emb_frac_gradient + x.detach() * (1 - cfg.emb_frac_gradient)
+        return self.project_emb(self.embedding_dropout(x))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        mems: list[torch.Tensor] | None = None,
+        output_mems: bool | None = None,
+        pos: torch.Tensor | None = None,
+        sum_embeds: torch.Tensor | None = None,
+        prepend_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ZetaModelOutput:
+        cfg = self.config
+        if "past_key_values" in kwargs and cache is None:
+            cache = kwargs.pop("past_key_values")
+        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
+        use_cache = use_cache if use_cache is not None else (cfg.use_cache and not self.training)
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, mems, cache, position_ids)
+        if use_cache and not cfg.supports_cache:
+            raise ValueError(
+                "This configuration cannot be cached exactly (`rotary_xpos` with `rotary_rotate_values`): pass "
+                "`use_cache=False`."
+            )
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if not use_cache:
+            cache = None if cache is None or cache.get_seq_length() == 0 else cache
+
+        seq = input_ids if input_ids is not None else inputs_embeds
+        b, n = seq.shape[:2]
+        device = seq.device
+        past_length = cache.get_seq_length() if cache is not None else 0
+        prefill = past_length == 0
+        if not prefill and prepend_embeds is not None:
+            raise ValueError("`prepend_embeds` can only be passed at prefill, with an empty cache.")
+        mem_len = mems[0].shape[1] if mems is not None else 0
+        m = prepend_embeds.shape[1] if prepend_embeds is not None else 0
+        if prefill:
+            prefix_length = cfg.num_memory_kv + mem_len + cfg.num_memory_tokens
+            if cache is not None:
+                cache.zeta_prefix = (prefix_length, m)  # the cache remembers its own layout
+        else:
+            prefix_length, m = getattr(cache, "zeta_prefix", (cfg.num_memory_kv + cfg.num_memory_tokens, 0))
+        layout = _Layout(
+            past_length=past_length,
+            prefix_length=prefix_length,
+            prepend_length=m,
+            new_prefix=(cfg.num_memory_kv + mem_len) if prefill else 0,
+            num_queries=(cfg.num_memory_tokens if prefill else 0) + (m if prefill else 0) + n,
+        )
+
+        # A mask without padding is dropped, so the common case takes the lean path.
+        mask = attention_mask
+        if mask is not None:
+            expected = past_length - (prefix_length if past_length else 0) + (m if prefill else 0) + n
+            if mask.dim() != 2 or mask.shape[0] != b or mask.shape[1] != expected:
+                raise ValueError(
+                    f"`attention_mask` must have shape (batch={b}, {expected}) covering the cached, prepended and new "
+                    f"positions, but got {tuple(mask.shape)}."
+                )
+            if mask.dtype.is_floating_point:
+                raise TypeError(f"`attention_mask` must be a bool or integer 0/1 tensor, but got dtype {mask.dtype}.")
+            mask = None if bool(mask.all()) else mask
+
+        if position_ids is None:
+            if mask is not None:
+                position_ids = (mask[:, m:].long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+            else:
+                past_tokens = past_length - prefix_length - m if past_length else 0
+                position_ids = (past_tokens + torch.arange(n, device=device))[None]
+
+        x = self.embed(input_ids, inputs_embeds, position_ids, pos, sum_embeds, prepend_embeds)
+        if prefill and self.memory_tokens is not None:
+            x = torch.cat((self.memory_tokens.to(x.dtype).expand(b, -1, -1), x), dim=1)
+        if mems is not None and cfg.shift_mem_down:
+            mems = [*mems[cfg.shift_mem_down:], *mems[: cfg.shift_mem_down]]
+
+        rotary, attn_bias = self._relative_inputs(layout, mask, mem_len, device)
+        query_keep = None
+        if mask is not None:
+            rows = mask[:, -(layout.num_queries - (cfg.num_memory_tokens if prefill else 0)):]
+            if prefill and cfg.num_memory_tokens:
+                rows = torch.cat((torch.ones(b, cfg.num_memory_tokens, dtype=rows.dtype, device=device), rows), dim=1)
+            query_keep = rows[..., None].to(x.dtype)  # (b, i, 1)
+
+        n_mem_tok = cfg.num_memory_tokens if prefill else 0
+        all_hidden, all_attn, layer_inputs = [], [], []
+        prev_scores = None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden.append(x[:, n_mem_tok:])
+            attn_kwargs = {}
+            if layer.kind == "attn":
+                attn_idx = layer.self_attn.layer_idx
+                layer_inputs.append(x)
+                attn_kwargs = dict(
+                    rotary=rotary,
+                    cache=cache,
+                    mem=None if mems is None else mems[attn_idx].to(x.dtype),  # raw: Zeta joins mems to the normed input
+                    prefill=prefill,
+                    prev_scores=prev_scores,
+                    query_keep=query_keep,
+                )
+            x, weights, scores = layer(x, attn_bias, **attn_kwargs)
+            if layer.kind == "attn":
+                prev_scores = scores if cfg.residual_attn else None
+                if output_attentions:
+                    all_attn.append(None if weights is None else weights[:, :, n_mem_tok:])
+        x = self.norm(x)
+
+        new_mems = None
+        if output_mems:
+            new_mems = []
+            for i, hidden in enumerate(layer_inputs):
+                if mems is not None:
+                    hidden = torch.cat((mems[i], hidden), dim=1)
+                if cfg.max_mem_len:
+                    hidden = hidden[:, -cfg.max_mem_len:]
+                new_mems.append(hidden.detach())
+
+        x = x[:, n_mem_tok:]
+        if output_hidden_states:
+            all_hidden.append(x)
+        return ZetaModelOutput(
+            last_hidden_state=x,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attn) if output_attentions else None,
+            mems=new_mems,
+        )
+
+
+class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
+    """Zeta Transformer with its logits head (`to_logits`), for `generate()`, `Trainer` and `pipeline`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__(config)
+        self.model = ZetaModel(config)
+        # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
+        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    @classmethod
+    def from_transformer(cls, transformer: nn.Module) -> "ZetaForCausalLM":
+        """The Hugging Face model behind a seed-compatible `zeta_hf.Transformer` (same modules, same weights)."""
+        return transformer.to_hf()
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, mems=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+        # XL memories enter at prefill only; afterwards they are part of the cache
+        if mems is not None and (cache is None or cache.get_seq_length() == 0):
+            model_inputs["mems"] = mems
+        return model_inputs
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mems: list[torch.Tensor] | None = None,
+        output_mems: bool | None = None,
+        pos: torch.Tensor | None = None,
+        sum_embeds: torch.Tensor | None = None,
+        prepend_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ZetaCausalLMOutput | tuple:
+        if "past_key_values" in kwargs and cache is None:
+            cache = kwargs.pop("past_key_values")
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            mems=mems,
+            output_mems=output_mems,
+            pos=pos,
+            sum_embeds=sum_embeds,
+            prepend_embeds=prepend_embeds,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
+        output = ZetaCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            mems=outputs.mems,
+            last_hidden_state=hidden,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["ZetaPreTrainedModel", "ZetaModel", "ZetaForCausalLM", "ZetaModelOutput", "ZetaCausalLMOutput"]
