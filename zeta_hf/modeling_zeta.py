@@ -353,6 +353,16 @@ class ZetaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _can_compile_fullgraph = False
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers only lists the saved class in `auto_map`; list all three so `AutoModel` works remotely too.
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoConfig": "configuration_zeta.ZetaConfig",
+            "AutoModel": "modeling_zeta.ZetaModel",
+            "AutoModelForCausalLM": "modeling_zeta.ZetaForCausalLM",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots."""
         if isinstance(module, nn.Linear):
@@ -519,11 +529,13 @@ class ZetaModel(ZetaPreTrainedModel):
         if self.rotary_emb is not None:
             # rotary counts positions without the memory K/V slots, which are never rotated
             q_rot = query_pos - n_kv_slots
-            k_rot = q_rot
+            total = kv_len - n_kv_slots
+            q_rotary = self.rotary_emb(q_rot, total)
+            k_rotary = q_rotary  # new keys sit where the queries are, unless XL mems precede them
             if prefill and mem_len:
                 k_rot = torch.cat((torch.arange(mem_len, device=device)[None].expand(q_rot.shape[0], -1), q_rot), dim=1)
-            total = kv_len - n_kv_slots
-            rotary = (self.rotary_emb(q_rot, total), self.rotary_emb(k_rot, total))
+                k_rotary = self.rotary_emb(k_rot, total)
+            rotary = (q_rotary, k_rotary)
 
         padded = mask is not None
         needs_mask = padded or self.position_bias is not None or (
@@ -743,6 +755,27 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
         self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
         self.post_init()
+        if not config.supports_cache:
+            self.generation_config.use_cache = False
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """`GenerationMixin.generate`, refusing up front a request that would run past the absolute position table."""
+        if self.config.absolute_position_embedding == "learned":
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+            gen = generation_config or self.generation_config
+            max_new = kwargs.get("max_new_tokens", gen.max_new_tokens)
+            if prompt is not None and prompt.dim() == 2:
+                mask = kwargs.get("attention_mask")
+                longest = int(mask.sum(-1).max()) if mask is not None else prompt.shape[1]
+                if max_new is None:
+                    max_new = kwargs.get("max_length", gen.max_length) - prompt.shape[1]
+                if longest + max_new > self.config.max_position_embeddings:
+                    raise ValueError(
+                        f"Generating {max_new} new tokens after a prompt of {longest} would reach position "
+                        f"{longest + max_new - 1}, past the learned absolute position table "
+                        f"(`max_position_embeddings`={self.config.max_position_embeddings})."
+                    )
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
 
     def get_output_embeddings(self) -> nn.Module | None:
         return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
