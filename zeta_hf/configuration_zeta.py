@@ -334,8 +334,12 @@ class ZetaConfig(PreTrainedConfig):
 
     @property
     def supports_cache(self) -> bool:
-        """xpos with Zeta's value rotation scales values by an offset that depends on the total length."""
-        return not (self.rotary_xpos and self.rotary_rotate_values)
+        """Whether cached decoding equals recomputing the whole sequence.
+
+        Not for encoders (earlier tokens would attend to later ones), nor for xpos with Zeta's value rotation,
+        which scales values by an offset that depends on the total length.
+        """
+        return self.is_causal and not (self.rotary_xpos and self.rotary_rotate_values)
 
 
 __all__ = ["ZetaConfig"]

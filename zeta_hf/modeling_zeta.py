@@ -628,12 +628,12 @@ class ZetaModel(ZetaPreTrainedModel):
             cache = kwargs.pop("past_key_values")
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else (cfg.use_cache and not self.training)
+        use_cache = use_cache if use_cache is not None else (cfg.use_cache and cfg.supports_cache and not self.training)
         self._check_inputs(input_ids, inputs_embeds, attention_mask, mems, cache, position_ids)
         if use_cache and not cfg.supports_cache:
             raise ValueError(
-                "This configuration cannot be cached exactly (`rotary_xpos` with `rotary_rotate_values`): pass "
-                "`use_cache=False`."
+                "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
+                "`rotary_rotate_values`): pass `use_cache=False`."
             )
         if use_cache and cache is None:
             cache = DynamicCache()
