@@ -1,0 +1,513 @@
+"""Generic model checks (`ModelCheckMixin`) run over a matrix of tiny `ZetaForCausalLM` variants.
+
+Every check compares numbers or tokens against an independent computation (a full forward, a manual loop, a fresh
+load), so each one can fail. Checks that do not apply to a variant are skipped through a capability of its config
+(`is_causal`, `supports_cache`), never through per-test lists.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import zeta_hf  # noqa: F401  (registers the "zeta" model type with the Auto classes)
+from zeta_hf import ZetaConfig, ZetaForCausalLM
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The variant matrix: every option appears at least once with memory tokens (mem2) and once with XL mems (xl).
+# ---------------------------------------------------------------------------------------------------------------------
+
+MEM = dict(num_memory_tokens=2)
+XL = dict(max_mem_len=6)
+
+VARIANTS = [
+    {},
+    dict(norm="rmsnorm", norm_placement="post", ff_activation="geglu", num_key_value_heads=2, tie_word_embeddings=True, **MEM),
+    dict(norm="scalenorm", ff_activation="relu_squared", ff_post_act_ln=True, macaron=True, num_memory_kv=2, **XL),
+    dict(position_embedding="scaled_sinusoidal", norm="scalenorm", norm_placement="sandwich", ff_activation="swiglu",
+         num_key_value_heads=1, embedding_dim=32, **MEM),
+    dict(position_embedding="scaled_sinusoidal", norm="rmsnorm", norm_placement="post", residual_attn=True,
+         tie_word_embeddings=True, **XL),
+    dict(position_embedding="rotary", norm="simple_rmsnorm", ff_activation="relu_squared", ff_post_act_ln=True,
+         qk_norm=True, qk_norm_groups=2, qk_norm_dim_scale=True, macaron=True, **MEM),
+    dict(position_embedding="rotary", norm_placement="sandwich", ff_activation="geglu", num_key_value_heads=1,
+         embedding_dim=48, **XL),
+    dict(position_embedding="rotary", rotary_rotate_values=True, residual_attn=True, num_memory_kv=2, **MEM),
+    dict(position_embedding="rotary", rotary_rotate_values=True, norm="simple_rmsnorm", norm_placement="post",
+         ff_activation="swiglu", num_key_value_heads=2, qk_norm=True, qk_norm_dim_scale=True, **XL),
+    dict(position_embedding="rotary", rotary_xpos=True, norm="rmsnorm", norm_placement="sandwich", ff_activation="geglu",
+         num_key_value_heads=2, tie_word_embeddings=True, **MEM),
+    dict(position_embedding="rotary", rotary_xpos=True, ff_activation="relu_squared", macaron=True, residual_attn=True, **XL),
+    dict(position_embedding="rotary", rotary_xpos=True, rotary_rotate_values=True),  # supports_cache is False
+    dict(position_embedding="alibi", alibi_num_heads=2, absolute_position_embedding="learned", norm_placement="post",
+         is_causal=False, **MEM),
+    dict(position_embedding="alibi", alibi_num_heads=2, absolute_position_embedding="learned", norm="rmsnorm",
+         norm_placement="sandwich", ff_activation="swiglu", num_memory_kv=2, is_causal=False, **XL),
+    dict(position_embedding="alibi", num_key_value_heads=2, num_memory_kv=1, **MEM, **XL),
+    dict(position_embedding="t5", norm="scalenorm", ff_activation="swiglu", num_key_value_heads=1, qk_norm=True,
+         num_memory_kv=2, **MEM),
+    dict(position_embedding="t5", norm="simple_rmsnorm", qk_norm=True, qk_norm_groups=4, num_key_value_heads=2,
+         tie_word_embeddings=True, **MEM, **XL),
+    dict(position_embedding="none", norm="simple_rmsnorm", norm_placement="sandwich", ff_activation="relu_squared",
+         residual_attn=True, macaron=True, embedding_dim=32, **MEM),
+    dict(position_embedding="none", norm="scalenorm", norm_placement="sandwich", ff_activation="geglu",
+         num_key_value_heads=1, embedding_dim=48, **XL),
+    dict(position_embedding="rotary", is_causal=False),
+]
+
+
+def variant_id(overrides: dict) -> str:
+    """A readable name built from the options themselves, e.g. `alibi-gqa2-memkv1-mem2-xl`."""
+    o = overrides
+    pos = o.get("position_embedding", "absolute")
+    tags = [{"scaled_sinusoidal": "sinusoidal"}.get(pos, pos)]
+    if o.get("rotary_xpos"):
+        tags.append("xpos")
+    if o.get("rotary_rotate_values"):
+        tags.append("rotv")
+    if o.get("alibi_num_heads"):
+        tags.append(f"heads{o['alibi_num_heads']}")
+    if o.get("absolute_position_embedding"):
+        tags.append(f"abs{o['absolute_position_embedding']}")
+    if o.get("norm", "layernorm") != "layernorm":
+        tags.append(o["norm"].replace("_", ""))
+    if o.get("norm_placement", "pre") != "pre":
+        tags.append(o["norm_placement"])
+    if o.get("ff_activation", "gelu") != "gelu":
+        tags.append(o["ff_activation"].replace("_", ""))
+    if o.get("ff_post_act_ln"):
+        tags.append("postactln")
+    kv = o.get("num_key_value_heads")
+    if kv is not None:
+        tags.append("mqa" if kv == 1 else f"gqa{kv}")
+    if o.get("qk_norm"):
+        tags.append("qknorm" + (f"g{o['qk_norm_groups']}" if o.get("qk_norm_groups", 1) > 1 else "")
+                    + ("scale" if o.get("qk_norm_dim_scale") else ""))
+    for flag in ("macaron", "residual_attn"):
+        if o.get(flag):
+            tags.append(flag.replace("_", ""))
+    if o.get("num_memory_kv"):
+        tags.append(f"memkv{o['num_memory_kv']}")
+    if o.get("embedding_dim"):
+        tags.append(f"emb{o['embedding_dim']}")
+    if o.get("tie_word_embeddings"):
+        tags.append("tied")
+    if o.get("is_causal") is False:
+        tags.append("encoder")
+    if o.get("num_memory_tokens"):
+        tags.append(f"mem{o['num_memory_tokens']}")
+    if o.get("max_mem_len"):
+        tags.append("xl")
+    return "-".join(tags)
+
+
+assert len({variant_id(v) for v in VARIANTS}) == len(VARIANTS), "variant ids must be unique"
+
+# Sizes of the inputs the checks feed: few tokens keep the whole file fast.
+BATCH, SEQ, PROMPT, NEW_TOKENS, MEM_LEN = 2, 7, 5, 6, 4
+GEN = dict(max_new_tokens=NEW_TOKENS, pad_token_id=0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str, relative: bool = False) -> None:
+    """`relative=True` measures `atol` in units of the largest |expected| value when that exceeds 1: float32 rounding
+    grows with magnitude, and tied-embedding variants have logits around 15."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    if relative:
+        atol = atol * max(1.0, expected.abs().max().item())
+    diff = (actual.float() - expected.float()).abs().max().item()
+    assert diff <= atol, f"{what}: max abs difference {diff:.3e} > {atol:.1e}"
+
+
+def assert_tokens_equal(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.equal(actual, expected), f"{what}: tokens differ\n{actual.tolist()}\n!=\n{expected.tolist()}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The mixin: a subclass provides `model_class` and a `config` fixture.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ModelCheckMixin:
+    """Model checks that hold for every configuration; the subclass's `config` fixture picks the matrix."""
+
+    model_class = None
+
+    # ---- helpers ----
+    def build(self, config: ZetaConfig, attn_implementation: str | None = None, seed: int = 0):
+        torch.manual_seed(seed)
+        model = self.model_class(config).eval()
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+            assert model.config._attn_implementation == attn_implementation
+        return model
+
+    @staticmethod
+    def ids(config: ZetaConfig, batch: int = BATCH, length: int = SEQ, seed: int = 1) -> torch.Tensor:
+        """Random token ids, never the pad id 0."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(1, config.vocab_size, (batch, length), generator=g)
+
+    @staticmethod
+    def random_mems(config: ZetaConfig, batch: int = BATCH, seed: int = 2) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randn(batch, MEM_LEN, config.hidden_size, generator=g) for _ in range(config.num_attention_layers)]
+
+    def mems_for(self, config: ZetaConfig, batch: int = BATCH) -> list[torch.Tensor] | None:
+        """XL variants (`max_mem_len > 0`) run every check with memories from a previous segment."""
+        return self.random_mems(config, batch) if config.max_mem_len else None
+
+    @staticmethod
+    def rows(mems: list[torch.Tensor] | None, i: int) -> list[torch.Tensor] | None:
+        return None if mems is None else [m[i : i + 1] for m in mems]
+
+    @staticmethod
+    def require_causal(config: ZetaConfig) -> None:
+        if not config.is_causal:
+            pytest.skip("generation and incremental decoding need a causal model (config.is_causal=False)")
+
+    @staticmethod
+    def require_cache(config: ZetaConfig) -> None:
+        if not config.supports_cache:
+            pytest.skip("config.supports_cache is False")
+
+    def loss_and_grads(self, model, ids, labels, mems) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = model(ids, labels=labels, mems=mems, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    @staticmethod
+    def temperature_for(model, ids: torch.Tensor) -> float:
+        """A sampling temperature that brings the top-2 logit gap to at most 1, so top-p keeps several tokens: at
+        initialisation tied-embedding variants predict the last token again with a gap of ~40 logits."""
+        with torch.no_grad():
+            top2 = model(ids, use_cache=False).logits[:, -1].topk(2, dim=-1).values
+        return max(1.0, (top2[:, 0] - top2[:, 1]).max().item())
+
+    @staticmethod
+    def greedy_loop(model, ids, mems=None, steps: int = NEW_TOKENS) -> torch.Tensor:
+        """Greedy decoding by hand: a full, uncached forward per new token."""
+        seq = ids
+        with torch.no_grad():
+            for _ in range(steps):
+                logits = model(seq, mems=mems, use_cache=False).logits[:, -1]
+                seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
+        return seq
+
+    # ---- 1. forward shapes and loss ----
+    def test_forward_shapes_and_loss(self, config):
+        model = self.build(config)
+        ids, mems = self.ids(config), self.mems_for(config)
+        labels = ids.clone()
+        labels[0, 2] = labels[1, 4] = labels[1, 5] = -100
+        with torch.no_grad():
+            out = model(ids, labels=labels, mems=mems, use_cache=False)
+        assert out.logits.shape == (BATCH, SEQ, config.vocab_size)
+        assert torch.isfinite(out.logits).all()
+        shift_logits, shift_labels = out.logits[:, :-1].reshape(-1, config.vocab_size), labels[:, 1:].reshape(-1)
+        keep = shift_labels != -100
+        manual = F.cross_entropy(shift_logits[keep], shift_labels[keep])
+        assert_close(out.loss, manual, 1e-6, "loss vs manual shifted cross-entropy")
+        # the ignored positions really are ignored: the loss over all positions is a different number
+        everything = F.cross_entropy(shift_logits, ids[:, 1:].reshape(-1))
+        assert (out.loss - everything).abs() > 1e-6
+
+    # ---- 2. save / load round trip ----
+    def test_save_load_round_trip(self, config, tmp_path):
+        model = self.build(config)
+        model.save_pretrained(tmp_path)
+        ids, mems = self.ids(config), self.mems_for(config)
+        with torch.no_grad():
+            expected = model(ids, mems=mems, use_cache=False).logits
+        reference = model.state_dict()
+        for loader in (self.model_class, AutoModelForCausalLM):
+            loaded = loader.from_pretrained(tmp_path).eval()
+            assert type(loaded) is self.model_class, f"{loader.__name__} loaded {type(loaded)}"
+            state = loaded.state_dict()
+            assert state.keys() == reference.keys()
+            for name, tensor in reference.items():
+                assert torch.equal(state[name], tensor), f"{loader.__name__}: {name} changed in the round trip"
+            with torch.no_grad():
+                logits = loaded(ids, mems=mems, use_cache=False).logits
+            assert torch.equal(logits, expected), f"{loader.__name__}: logits changed in the round trip"
+
+    def test_config_json_round_trip(self, config, tmp_path):
+        config.save_pretrained(tmp_path)
+        on_disk = json.loads((tmp_path / "config.json").read_text())
+        assert on_disk["model_type"] == "zeta"
+        for loaded in (ZetaConfig.from_pretrained(tmp_path), ZetaConfig.from_dict(json.loads(config.to_json_string()))):
+            assert loaded.to_dict() == config.to_dict()
+            assert loaded.to_json_string() == config.to_json_string()
+
+    # ---- 3. cached generation is token-identical to uncached ----
+    def test_generate_greedy_cached_equals_uncached(self, config):
+        self.require_causal(config)
+        model = self.build(config)
+        ids = self.ids(config, length=PROMPT)
+        expected = self.greedy_loop(model, ids)
+        uncached = model.generate(ids, do_sample=False, use_cache=False, **GEN)
+        assert_tokens_equal(uncached, expected, "uncached greedy generate vs manual greedy loop")
+        self.require_cache(config)
+        cached = model.generate(ids, do_sample=False, use_cache=True, **GEN)
+        assert_tokens_equal(cached, expected, "cached greedy generate vs manual greedy loop")
+
+    def test_generate_sample_cached_equals_uncached(self, config):
+        self.require_causal(config)
+        self.require_cache(config)
+        model = self.build(config)
+        ids = self.ids(config, length=PROMPT)
+        outputs, temperature = {}, self.temperature_for(model, ids)
+        for seed in (3, 4):
+            for use_cache in (True, False):
+                torch.manual_seed(seed)
+                outputs[seed, use_cache] = model.generate(
+                    ids, do_sample=True, temperature=temperature, top_k=20, top_p=0.9, use_cache=use_cache, **GEN
+                )
+            assert_tokens_equal(outputs[seed, True], outputs[seed, False], f"sampling (seed {seed}) cached vs uncached")
+        assert not torch.equal(outputs[3, True], outputs[4, True]), "sampling ignored the seed"
+
+    def test_generate_beam_cached_equals_uncached(self, config):
+        self.require_causal(config)
+        self.require_cache(config)
+        model = self.build(config)
+        ids = self.ids(config, length=PROMPT)
+        cached = model.generate(ids, num_beams=3, do_sample=False, use_cache=True, **GEN)
+        uncached = model.generate(ids, num_beams=3, do_sample=False, use_cache=False, **GEN)
+        assert cached.shape == (BATCH, PROMPT + NEW_TOKENS)
+        assert_tokens_equal(cached, uncached, "beam search cached vs uncached")
+
+    # ---- 4. incremental forward equals full forward ----
+    @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+    def test_incremental_forward_equals_full(self, config, attn_implementation):
+        self.require_causal(config)
+        self.require_cache(config)
+        model = self.build(config, attn_implementation)
+        ids, mems = self.ids(config, length=9), self.mems_for(config)
+        with torch.no_grad():
+            full = model(ids, mems=mems, use_cache=False).logits
+            cache = DynamicCache()
+            # prefix of 4, then one token at a time, then a chunk of 3
+            steps = [(0, 4), (4, 5), (5, 6), (6, 9)]
+            parts = []
+            for start, end in steps:
+                out = model(ids[:, start:end], cache=cache, use_cache=True, mems=mems if start == 0 else None)
+                assert out.cache is cache
+                parts.append(out.logits)
+        assert_close(torch.cat(parts, dim=1), full, 1e-5, "incremental vs full forward logits", relative=True)
+
+    # ---- 5. gradients reach every parameter ----
+    def test_gradients_reach_every_parameter(self, config):
+        model = self.build(config).train()
+        ids, mems = self.ids(config), self.mems_for(config)
+        _, grads = self.loss_and_grads(model, ids, ids, mems)
+        problems = []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            grad = grads.get(name)
+            if grad is None:
+                problems.append(f"{name}: no grad")
+            elif not torch.isfinite(grad).all():
+                problems.append(f"{name}: non-finite grad")
+            elif not grad.abs().sum() > 0:
+                problems.append(f"{name}: all-zero grad")
+        assert not problems, "; ".join(problems)
+
+    # ---- 6. eager equals sdpa ----
+    def test_eager_equals_sdpa(self, config, monkeypatch):
+        ids, mems = self.ids(config), self.mems_for(config)
+        mask = torch.ones_like(ids)
+        mask[1, :2] = 0  # one left-padded row exercises the float-bias path of both implementations
+        calls = []
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+        logits = {}
+        for impl in ("eager", "sdpa"):
+            model = self.build(config, impl)
+            with torch.no_grad():
+                logits[impl] = model(ids, mems=mems, use_cache=False).logits
+                logits[impl, "masked"] = model(ids, attention_mask=mask, mems=mems, use_cache=False).logits
+            if impl == "eager":
+                assert not calls, "eager model called the sdpa attention"
+        if not config.needs_attention_scores:
+            assert calls, "sdpa model never called the sdpa attention"
+        assert_close(logits["sdpa"], logits["eager"], 1e-5, "sdpa vs eager logits", relative=True)
+        real = mask.bool()
+        assert_close(logits["sdpa", "masked"][real], logits["eager", "masked"][real], 1e-5, "sdpa vs eager, padded", relative=True)
+
+    # ---- 7. left padding equals unpadded ----
+    def test_left_padding_equals_unpadded(self, config):
+        model = self.build(config)
+        full, short = self.ids(config, 1, SEQ, seed=5), self.ids(config, 1, SEQ - 2, seed=6)
+        batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
+        mask = (torch.arange(SEQ)[None] >= torch.tensor([[0], [2]])).long()
+        mems = self.mems_for(config)
+        with torch.no_grad():
+            padded = model(batch, attention_mask=mask, mems=mems, use_cache=False).logits
+            alone_full = model(full, mems=self.rows(mems, 0), use_cache=False).logits
+            alone_short = model(short, mems=self.rows(mems, 1), use_cache=False).logits
+        assert_close(padded[0], alone_full[0], 1e-5, "unpadded row in a padded batch", relative=True)
+        assert_close(padded[1, 2:], alone_short[0], 1e-5, "left-padded row vs the row alone", relative=True)
+
+    def test_generate_left_padded_batch_equals_rows(self, config):
+        self.require_causal(config)
+        model = self.build(config)
+        full, short = self.ids(config, 1, PROMPT, seed=5), self.ids(config, 1, PROMPT - 2, seed=6)
+        batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
+        mask = (torch.arange(PROMPT)[None] >= torch.tensor([[0], [2]])).long()
+        mems = self.mems_for(config)
+        use_cache = config.supports_cache
+        extra = {} if mems is None else {"mems": mems}
+        gen = model.generate(batch, attention_mask=mask, do_sample=False, use_cache=use_cache, **extra, **GEN)
+        for i, row in enumerate((full, short)):
+            extra = {} if mems is None else {"mems": self.rows(mems, i)}
+            alone = model.generate(row, do_sample=False, use_cache=use_cache, **extra, **GEN)
+            assert_tokens_equal(gen[i : i + 1, PROMPT:], alone[:, row.shape[1] :], f"row {i}: padded batch vs alone")
+
+    # ---- 8. activation checkpointing ----
+    @pytest.mark.parametrize("use_reentrant", [False, True], ids=["nonreentrant", "reentrant"])
+    def test_activation_checkpointing_equal(self, config, use_reentrant):
+        ids, mems = self.ids(config), self.mems_for(config)
+        plain = self.build(config).train()
+        loss, grads = self.loss_and_grads(plain, ids, ids, mems)
+
+        model = self.build(config).train()
+        model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
+        branches = [layer.self_attn or layer.mlp for layer in model.model.layers]
+        calls = []
+        for branch in branches:
+            branch.register_forward_pre_hook(lambda module, args: calls.append(module))
+        ckpt_loss, ckpt_grads = self.loss_and_grads(model, ids, ids, mems)
+        # the backward pass recomputed every layer: each branch ran twice
+        assert len(calls) == 2 * len(branches), f"{len(calls)} branch calls for {len(branches)} checkpointed layers"
+        assert_close(ckpt_loss, loss, 1e-6, "loss with checkpointing")
+        assert ckpt_grads.keys() == grads.keys(), f"parameters with grads differ: {set(grads) ^ set(ckpt_grads)}"
+        for name in grads:
+            assert_close(ckpt_grads[name], grads[name], 1e-6, f"grad of {name} with checkpointing")
+
+    # ---- 9. Transformer-XL memories ----
+    def test_xl_mems(self, config):
+        model = self.build(config)
+        seg1, seg2 = self.ids(config, seed=7), self.ids(config, seed=8)
+        max_len = config.max_mem_len or float("inf")
+        attn_layers = [i for i, kind in enumerate(config.layer_pattern) if kind == "attn"]
+        with torch.no_grad():
+            out1 = model(seg1, output_mems=True, output_hidden_states=True, use_cache=False)
+            mems = out1.mems
+            assert isinstance(mems, list) and len(mems) == config.num_attention_layers
+            expected_len = min(max_len, config.num_memory_tokens + SEQ)
+            for k, (mem, layer) in enumerate(zip(mems, attn_layers)):
+                assert mem.shape == (BATCH, expected_len, config.hidden_size), f"mems[{k}]: {tuple(mem.shape)}"
+                assert not mem.requires_grad
+                # the newest rows are the tokens' input to that attention layer
+                assert_close(mem[:, -SEQ:], out1.hidden_states[layer][:, -min(SEQ, expected_len):], 0.0, f"mems[{k}] values")
+
+            out2 = model(seg2, mems=mems, output_mems=True, use_cache=False)
+            expected_len2 = min(max_len, expected_len + config.num_memory_tokens + SEQ)
+            assert all(m.shape == (BATCH, expected_len2, config.hidden_size) for m in out2.mems)
+            if expected_len2 > config.num_memory_tokens + SEQ:  # the oldest memory rows carry over
+                keep = expected_len2 - config.num_memory_tokens - SEQ
+                assert_close(out2.mems[0][:, :keep], mems[0][:, -keep:], 0.0, "carried-over memory rows")
+            without = model(seg2, use_cache=False).logits
+        assert (out2.logits - without).abs().max() > 1e-4, "feeding mems back did not change the logits"
+
+    def test_generate_with_mems_cached_equals_uncached(self, config):
+        self.require_causal(config)
+        model = self.build(config)
+        with torch.no_grad():
+            mems = model(self.ids(config, seed=7), output_mems=True, use_cache=False).mems
+        prompt = self.ids(config, length=PROMPT, seed=8)
+        expected = self.greedy_loop(model, prompt, mems=mems)
+        uncached = model.generate(prompt, mems=mems, do_sample=False, use_cache=False, **GEN)
+        assert_tokens_equal(uncached, expected, "uncached generate with mems vs manual greedy loop")
+        self.require_cache(config)
+        cached = model.generate(prompt, mems=mems, do_sample=False, use_cache=True, **GEN)
+        assert_tokens_equal(cached, expected, "cached generate with mems vs manual greedy loop")
+        sampled, temperature = {}, self.temperature_for(model, prompt)
+        for use_cache in (True, False):
+            torch.manual_seed(5)
+            sampled[use_cache] = model.generate(
+                prompt, mems=mems, do_sample=True, temperature=temperature, top_k=20, use_cache=use_cache, **GEN
+            )
+        assert_tokens_equal(sampled[True], sampled[False], "sampling with mems cached vs uncached")
+
+    # ---- 10. resizing and tying the token embeddings ----
+    def test_resize_token_embeddings(self, config):
+        model = self.build(config)
+        ids, mems = self.ids(config), self.mems_for(config)
+        vocab = config.vocab_size
+        with torch.no_grad():
+            before = model(ids, mems=mems, use_cache=False).logits
+        model.resize_token_embeddings(vocab + 8)
+        assert model.config.vocab_size == vocab + 8
+        assert model.get_input_embeddings().weight.shape[0] == vocab + 8
+        new_ids = ids.clone()
+        new_ids[:, -1] = vocab + 7  # a new token is accepted
+        with torch.no_grad():
+            after = model(ids, mems=mems, use_cache=False).logits
+            with_new = model(new_ids, mems=mems, use_cache=False).logits
+        assert after.shape == (BATCH, SEQ, vocab + 8)
+        assert torch.isfinite(with_new).all()
+        assert_close(after[..., :vocab], before, 1e-6, "old-token logits after resizing", relative=True)
+        if config.tie_word_embeddings:
+            assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+    def test_tied_weights_after_from_pretrained(self, config, tmp_path):
+        self.build(config).save_pretrained(tmp_path)
+        model = self.model_class.from_pretrained(tmp_path)
+        head, emb = model.lm_head.weight, model.model.embed_tokens.weight
+        if config.tie_word_embeddings:
+            assert head.data_ptr() == emb.data_ptr(), "lm_head and embed_tokens are not tied after loading"
+            with torch.no_grad():
+                emb[3].add_(1.0)
+            assert torch.equal(head[3], emb[3])
+        else:
+            assert head.data_ptr() != emb.data_ptr(), "untied head shares storage with the embedding"
+            assert model.lm_head.bias is not None
+
+    # ---- 11. attention maps and hidden states ----
+    def test_attentions_and_hidden_states(self, config):
+        model = self.build(config, "eager")
+        ids, mems = self.ids(config), self.mems_for(config)
+        with torch.no_grad():
+            out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, use_cache=False)
+        prefix = config.num_memory_kv + (MEM_LEN if mems else 0) + config.num_memory_tokens
+        kv = prefix + SEQ
+        assert len(out.attentions) == config.num_attention_layers
+        for k, weights in enumerate(out.attentions):
+            assert weights.shape == (BATCH, config.num_attention_heads, SEQ, kv), f"attentions[{k}]: {tuple(weights.shape)}"
+            assert_close(weights.sum(-1), torch.ones(BATCH, config.num_attention_heads, SEQ), 1e-5, "attention row sums")
+            if config.is_causal:
+                future = torch.ones(SEQ, kv, dtype=torch.bool).triu(prefix + 1)
+                assert weights[..., future].abs().max() == 0, f"attentions[{k}] attends to future tokens"
+        assert len(out.hidden_states) == len(model.model.layers) + 1
+        assert all(h.shape == (BATCH, SEQ, config.hidden_size) for h in out.hidden_states)
+        assert_close(out.hidden_states[-1], out.last_hidden_state, 0.0, "last hidden state")
+        assert_close(model.lm_head(out.hidden_states[-1]), out.logits, 1e-6, "logits from the last hidden state", relative=True)
+
+    # ---- 12. dtype ----
+    def test_bf16_close_to_fp32(self, config):
+        model = self.build(config)
+        ids, mems = self.ids(config), self.mems_for(config)
+        with torch.no_grad():
+            fp32 = model(ids, mems=mems, use_cache=False).logits
+            model.to(torch.bfloat16)
+            bf16 = model(ids, mems=mems, use_cache=False).logits
+        assert bf16.dtype == torch.bfloat16
+        assert torch.isfinite(bf16).all()
+        scale = fp32.abs().max().item()
+        assert_close(bf16, fp32, 0.05 * scale, "bf16 vs fp32 logits")
+
+
+class TestZetaForCausalLM(ModelCheckMixin):
+    model_class = ZetaForCausalLM
+
+    @pytest.fixture(params=VARIANTS, ids=variant_id)
+    def config(self, request, tiny_config) -> ZetaConfig:
+        return tiny_config(**request.param)

@@ -1,0 +1,139 @@
+"""Model card (README.md) and loss-curve figure for a folder written by `zeta-hf train`."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+# The template ships with the repository; an installed copy without it falls back to a minimal card.
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+_FALLBACK_TEMPLATE = """---
+library_name: transformers
+pipeline_tag: text-generation
+license: {{license}}
+datasets: {{datasets}}
+---
+
+# {{model_name}}
+
+## Configuration
+
+{{config_table}}
+
+## Training
+
+{{training_summary}}
+
+## Evaluation
+
+{{eval_results}}
+"""
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """Replace every `{{name}}`; a placeholder without a value becomes empty rather than leaking into the card."""
+    for name, value in values.items():
+        template = template.replace("{{" + name + "}}", value)
+    return re.sub(r"\{\{[a-z_]+\}\}", "", template)
+
+
+def config_table(config_dict: dict[str, Any]) -> str:
+    """A markdown table of the configuration fields that define the architecture."""
+    skip = {"architectures", "auto_map", "transformers_version", "dtype", "torch_dtype", "model_type"}
+    rows = [f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(config_dict.items()) if k not in skip]
+    return "\n".join(["| field | value |", "|---|---|", *rows])
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def training_summary(summary: dict[str, Any]) -> str:
+    """Steps, tokens, time, throughput, corpus and the command line of the run, with the loss curve."""
+    lines = [
+        f"Trained with `zeta-hf train` on the {summary['corpus_description']}, byte-level "
+        "(transformers' `ByT5Tokenizer`: one token per UTF-8 byte), "
+        f"held-out split: the last {summary['eval_fraction']:.0%} of the token stream.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| optimizer steps | {summary['steps']} |",
+        f"| tokens seen | {summary['tokens_seen']:,} |",
+        f"| training time | {summary['train_seconds']:.0f} s |",
+        f"| throughput | {summary['tokens_per_second']:,.0f} tokens/s |",
+        f"| sequence length | {summary['seq_len']} |",
+        f"| batch | {summary['batch_size']} x {summary['gradient_accumulation_steps']} accumulation x "
+        f"{summary['world_size']} process(es) |",
+        f"| learning rate | {summary['learning_rate']} ({summary['lr_scheduler']}, {summary['warmup_steps']} warmup steps) |",
+        f"| parameters | {summary['num_parameters']:,} |",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        summary["command"],
+        "```",
+    ]
+    if summary.get("loss_curve"):
+        lines += ["", f"![Training and held-out loss]({summary['loss_curve']})"]
+    return "\n".join(lines)
+
+
+def eval_results(before: dict[str, float], after: dict[str, float]) -> str:
+    """Held-out loss, perplexity and bits per byte before and after training."""
+    rows = [
+        ("loss (nats / token)", "loss"),
+        ("perplexity (per token)", "perplexity"),
+        ("bits per byte", "bits_per_byte"),
+    ]
+    table = ["| held-out metric | before training | after training |", "|---|---|---|"]
+    table += [f"| {label} | {_fmt(before.get(key))} | {_fmt(after.get(key))} |" for label, key in rows]
+    return "\n".join(table)
+
+
+def write_model_card(folder: str | Path, config_dict: dict[str, Any], summary: dict[str, Any],
+                     before: dict[str, float], after: dict[str, float], template_path: Path = TEMPLATE_PATH) -> Path:
+    """Render `model_cards/template.md` into `folder/README.md` and return its path."""
+    folder = Path(folder)
+    template = template_path.read_text() if template_path.is_file() else _FALLBACK_TEMPLATE
+    values = {
+        "license": summary.get("license", "other"),
+        "datasets": "[]",  # local corpora have no Hub dataset id; the corpus is named in the training summary
+        "model_name": folder.resolve().name,
+        "repo_id": str(folder),
+        "config_table": config_table(config_dict),
+        "training_summary": training_summary(summary),
+        "eval_results": eval_results(before, after),
+    }
+    path = folder / "README.md"
+    path.write_text(render_template(template, values))
+    return path
+
+
+def plot_loss_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Training and held-out loss against optimizer step, as a PNG; None when nothing was logged."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    held_out = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not train and not held_out:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="training loss")
+    if held_out:
+        ax.plot(*zip(*held_out), marker="o", label="held-out loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
