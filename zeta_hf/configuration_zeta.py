@@ -243,13 +243,21 @@ class ZetaConfig(PreTrainedConfig):
         known = _HF_CONFIG_KWARGS | set(GenerationConfig._get_default_generation_params())
         unknown = [k for k in kwargs if not k.startswith("_") and k not in known]
         if unknown:
-            valid = sorted({f for f in self.__dataclass_fields__} | set(ZETA_ALIASES))
+            valid = sorted(self.option_names())
             hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
             hint_text = "; ".join(f"did you mean `{h[0]}` for `{k}`?" for k, h in hints.items() if h)
             raise ValueError(
                 f"ZetaConfig got unknown option(s) {unknown}. {hint_text + ' ' if hint_text else ''}"
                 f"Valid options are: {', '.join(valid)}."
             )
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every option a user sets: the fields this class adds to `PreTrainedConfig`, plus Zeta's aliases."""
+        base = set(PreTrainedConfig.__dataclass_fields__)
+        return {name for name in cls.__dataclass_fields__ if name not in base and not name.startswith("_")} | set(
+            ZETA_ALIASES
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     def validate_architecture(self) -> None:
@@ -363,7 +371,10 @@ class ZetaConfig(PreTrainedConfig):
                     f"({self.rel_pos_max_distance})."
                 )
         if self.absolute_position_embedding == "scaled_sinusoidal" and self.input_dim % 2:
-            raise ValueError(f"Scaled sinusoidal positions need an even embedding width, but got {self.input_dim}.")
+            raise ValueError(
+                "Scaled sinusoidal positions need an even embedding width (`embedding_dim`, or `hidden_size` when "
+                f"`embedding_dim` is unset), but got {self.input_dim}."
+            )
         if self.qk_norm:
             _check_int("qk_norm_groups", self.qk_norm_groups, 1)
             if self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2:

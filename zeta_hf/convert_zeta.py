@@ -71,7 +71,7 @@ def _ff_key(rest: str, post_act_ln: bool) -> str:
     return f"mlp.{name}.{kind}"
 
 
-def _head_permutation(config: ZetaConfig) -> torch.Tensor | None:
+def head_permutation(config: ZetaConfig) -> torch.Tensor | None:
     """Zeta groups query heads as `h -> kv head h % kv_heads`, transformers as `h -> h // groups`: reorder heads."""
     h, kv = config.num_attention_heads, config.num_key_value_heads
     if kv in (1, h):
@@ -83,7 +83,7 @@ def _head_permutation(config: ZetaConfig) -> torch.Tensor | None:
 
 def convert_state_dict(zeta_state: dict[str, torch.Tensor], config: ZetaConfig) -> dict[str, torch.Tensor]:
     """Rename (and, for grouped-query attention, reorder) a Zeta 1.19 state dict into `ZetaForCausalLM` keys."""
-    perm = _head_permutation(config)
+    perm = head_permutation(config)
     if perm is not None and config.position_embedding == "alibi":
         raise ValueError(
             "Converting grouped-query attention (kv_heads < heads, > 1) combined with ALiBi is not supported: the "

@@ -111,6 +111,8 @@ class ZetaModelOutput(BaseModelOutputWithPast):
 
     mems: list[torch.Tensor] | None = None
     memory_states: torch.Tensor | None = None  # final hidden states of the memory tokens (prefill only)
+    # with output_hidden_states: the residual stream entering each self-attention layer, memory tokens included
+    attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -119,6 +121,7 @@ class ZetaCausalLMOutput(CausalLMOutputWithPast):
 
     mems: list[torch.Tensor] | None = None
     last_hidden_state: torch.Tensor | None = None
+    attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,10 +233,10 @@ class ZetaAttention(nn.Module):
         else:
             self.memory_k = self.memory_v = None
 
-    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None, groups: int | None = None) -> torch.Tensor:
         if not self.qk_norm:
             return t
-        t = l2norm(t, self.qk_norm_groups)
+        t = l2norm(t, groups or self.qk_norm_groups)
         return t * scale if scale is not None else t
 
     def forward(
@@ -272,7 +275,8 @@ class ZetaAttention(nn.Module):
 
         if self.memory_k is not None and (prefill or self.is_cross):
             # learned memory slots enter the key axis at prefill; afterwards they live in the cache
-            memory_k = self.normalize_qk(self.memory_k, self.k_scale).expand(b, -1, -1, -1).to(key.dtype)
+            # Zeta normalises the memory keys over the whole head, whatever `qk_norm_groups` is
+            memory_k = self.normalize_qk(self.memory_k, self.k_scale, groups=1).expand(b, -1, -1, -1).to(key.dtype)
             key = torch.cat((memory_k, key), dim=2)
             value = torch.cat((self.memory_v.expand(b, -1, -1, -1).to(value.dtype), value), dim=2)
 
@@ -658,7 +662,7 @@ class ZetaModel(ZetaPreTrainedModel):
         self.embed_tokens = value
 
     # ---- input checks: one clear sentence instead of an IndexError deep in torch ----
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, mems, cache, position_ids) -> None:
+    def _check_inputs(self, input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos) -> None:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if input_ids is not None:
@@ -674,6 +678,18 @@ class ZetaModel(ZetaPreTrainedModel):
         seq = input_ids if input_ids is not None else inputs_embeds
         if seq.shape[1] == 0:
             raise ValueError("`input_ids` is an empty sequence: at least one token is needed.")
+        b, n = seq.shape[:2]
+        width = self.config.input_dim
+        for name, tensor, length in (("prepend_embeds", prepend_embeds, None), ("sum_embeds", sum_embeds, n)):
+            if tensor is None:
+                continue
+            if tensor.dim() != 3 or tensor.shape[0] != b or tensor.shape[2] != width or (
+                length is not None and tensor.shape[1] != length
+            ):
+                expected = f"(batch={b}, {'m' if length is None else length}, embedding width={width})"
+                raise ValueError(f"`{name}` must have shape {expected}, but got {tuple(tensor.shape)}.")
+        if pos is not None and pos.dtype.is_floating_point and pos.shape[-2:] != (n, width):
+            raise ValueError(f"`pos` as a float tensor must have shape (.., {n}, {width}), but got {tuple(pos.shape)}.")
         if mems is not None:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("`mems` can only be passed with an empty cache: after prefill they live in the cache.")
@@ -825,7 +841,7 @@ class ZetaModel(ZetaPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cfg.use_cache and cfg.supports_cache and not self.training)
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, mems, cache, position_ids)
+        self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
         if use_cache and not cfg.supports_cache:
             raise ValueError(
                 "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
@@ -942,6 +958,7 @@ class ZetaModel(ZetaPreTrainedModel):
             attentions=tuple(all_attn) if output_attentions else None,
             mems=new_mems,
             memory_states=memory_states if n_mem_tok else None,
+            attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
         )
 
     def _cross_attention_mask(self, context: torch.Tensor | None, context_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
@@ -1073,6 +1090,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             mems=outputs.mems,
             last_hidden_state=hidden,
+            attention_inputs=outputs.attention_inputs,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()

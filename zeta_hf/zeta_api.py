@@ -143,6 +143,9 @@ def _translate_layers(kwargs: dict, causal: bool) -> dict:
     }.get(biases[0] if biases else "", None)
     if rotary:
         fields["rotary_rotate_values"] = True  # Zeta 1.19 rotates values too
+        # Zeta: at least 32 rotated features per head, whatever was asked for
+        head_dim = kwargs.get("attn_dim_head", 64)
+        fields["rotary_emb_dim"] = max(kwargs.get("rotary_emb_dim") or head_dim // 2, 32)
 
     if kwargs.get("attn_one_kv_head"):
         if "attn_kv_heads" in kwargs:
@@ -278,6 +281,12 @@ def config_from_zeta_kwargs(transformer_kwargs: dict, layers: AttentionLayers, *
     return ZetaConfig(**fields)
 
 
+FORWARD_OPTIONS = [
+    "return_embeddings", "return_logits_and_embeddings", "return_intermediates", "mask", "return_mems",
+    "return_attn", "mems", "pos", "prepend_embeds", "sum_embeds", "context", "context_mask",
+]
+
+
 @dataclass
 class ZetaIntermediates:
     """What `return_intermediates=True` returns next to the output (Zeta's `LayerIntermediates`)."""
@@ -322,10 +331,12 @@ class Transformer(nn.Module):
         pos: torch.Tensor | None = None,
         prepend_embeds: torch.Tensor | None = None,
         sum_embeds: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ):
         if kwargs:
-            _reject_unknown("Transformer.forward", kwargs, [])
+            _reject_unknown("Transformer.forward", kwargs, FORWARD_OPTIONS)
         want_attn = return_attn or return_intermediates
         previous = self.model.config._attn_implementation
         if want_attn and previous != "eager":
@@ -342,6 +353,8 @@ class Transformer(nn.Module):
                 pos=pos,
                 prepend_embeds=prepend_embeds,
                 sum_embeds=sum_embeds,
+                encoder_hidden_states=context,
+                encoder_attention_mask=context_mask,
             )
         finally:
             if want_attn and previous != "eager":
@@ -353,7 +366,9 @@ class Transformer(nn.Module):
         else:
             result = out.logits
         if return_intermediates:
-            return result, ZetaIntermediates(hiddens=out.mems, attn_maps=list(out.attentions), layer_hiddens=out.hidden_states)
+            return result, ZetaIntermediates(
+                hiddens=list(out.attention_inputs), attn_maps=list(out.attentions), layer_hiddens=out.hidden_states
+            )
         if return_mems:
             return result, out.mems
         if return_attn:
