@@ -9,10 +9,14 @@ from typing import Any
 from transformers import GenerationConfig, PreTrainedConfig
 
 # Names the user picks from; each maps to one class in the model files.
-POSITION_EMBEDDINGS = ("absolute", "scaled_sinusoidal", "rotary", "alibi", "t5", "none")
+POSITION_EMBEDDINGS = ("absolute", "scaled_sinusoidal", "rotary", "alibi", "t5", "dynamic", "none")
 ABSOLUTE_POSITION_EMBEDDINGS = ("learned", "scaled_sinusoidal", "none")
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
-NORM_PLACEMENTS = ("pre", "post", "sandwich")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "resi_dual", "deepnorm")
+RESIDUAL_TYPES = ("add", "gru")
+SPARSE_TOPK_MODES = ("top_k", "zeta_inverted")
+LAYER_KINDS = ("attn", "cross", "ff")
+CLASSIFIER_POOLINGS = ("mean", "first", "last", "memory_token")
 FF_ACTIVATIONS = ("gelu", "geglu", "silu", "swiglu", "relu_squared", "relu_squared_glu")
 
 # Zeta's constructor names that are stored under a Hugging Face name (read and written through either).
@@ -150,13 +154,28 @@ class ZetaConfig(PreTrainedConfig):
     alibi_num_heads: int | None = None
     rel_pos_num_buckets: int = 32
     rel_pos_max_distance: int = 128
+    dynamic_pos_bias_mlp_depth: int = 2
+    dynamic_pos_bias_log_distance: bool = False
+    dynamic_pos_bias_norm: bool = False
 
     # --- norms and residuals ----------------------------------------------------------------------------------
     norm: str = "layernorm"
     norm_placement: str = "pre"
     layer_norm_eps: float = 1e-5
+    resi_dual_scale: float = 1.0
     macaron: bool = False
     residual_attn: bool = False
+    cross_residual_attn: bool = False
+    residual_type: str = "add"
+    scale_residual: bool = False
+    scale_residual_constant: float = 1.0
+    layer_dropout: float = 0.0
+    shift_tokens: int | list[int] = 0
+
+    # --- layout -----------------------------------------------------------------------------------------------
+    block_pattern: list[str] | None = None
+    cross_attend: bool = False
+    only_cross: bool = False
 
     # --- attention --------------------------------------------------------------------------------------------
     attention_dropout: float = 0.0
@@ -165,6 +184,17 @@ class ZetaConfig(PreTrainedConfig):
     qk_norm_scale: float = 10.0
     qk_norm_dim_scale: bool = False
     num_memory_kv: int = 0
+    talking_heads: bool = False
+    head_scale: bool = False
+    gate_values: bool = False
+    attn_on_attn: bool = False
+    add_zero_kv: bool = False
+    value_head_dim: int | None = None
+    shared_kv: bool = False
+    max_attend_past: int | None = None
+    sparse_topk: int | None = None
+    sparse_topk_mode: str = "top_k"
+    zero_init_attn_output: bool = False
 
     # --- feedforward ------------------------------------------------------------------------------------------
     ff_mult: float = 4.0
@@ -172,6 +202,11 @@ class ZetaConfig(PreTrainedConfig):
     ff_post_act_ln: bool = False
     ff_bias: bool = True
     ff_dropout: float = 0.0
+    zero_init_ff_output: bool = False
+
+    # --- task heads -------------------------------------------------------------------------------------------
+    classifier_pooling: str = "mean"
+    classifier_dropout: float = 0.0
 
     # --- generation / tokens ----------------------------------------------------------------------------------
     use_cache: bool = True
@@ -191,6 +226,13 @@ class ZetaConfig(PreTrainedConfig):
             self.absolute_position_embedding = {"absolute": "learned", "scaled_sinusoidal": "scaled_sinusoidal"}.get(
                 self.position_embedding, "none"
             )
+        if self.block_pattern is not None:
+            self.block_pattern = list(self.block_pattern)
+            # with an explicit pattern, the layer count that sizes the KV cache is its number of self-attention layers
+            if self.block_pattern.count("attn"):
+                self.num_hidden_layers = self.block_pattern.count("attn")
+        if isinstance(self.shift_tokens, tuple):
+            self.shift_tokens = list(self.shift_tokens)
         if self.position_embedding == "rotary" and self.rotary_emb_dim is None:
             # Zeta: max(dim_head // 2, 32); capped at the head size, where Zeta itself would crash.
             self.rotary_emb_dim = min(max(self.head_dim // 2, 32), self.head_dim)
@@ -201,13 +243,21 @@ class ZetaConfig(PreTrainedConfig):
         known = _HF_CONFIG_KWARGS | set(GenerationConfig._get_default_generation_params())
         unknown = [k for k in kwargs if not k.startswith("_") and k not in known]
         if unknown:
-            valid = sorted({f for f in self.__dataclass_fields__} | set(ZETA_ALIASES))
+            valid = sorted(self.option_names())
             hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
             hint_text = "; ".join(f"did you mean `{h[0]}` for `{k}`?" for k, h in hints.items() if h)
             raise ValueError(
                 f"ZetaConfig got unknown option(s) {unknown}. {hint_text + ' ' if hint_text else ''}"
                 f"Valid options are: {', '.join(valid)}."
             )
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Every option a user sets: the fields this class adds to `PreTrainedConfig`, plus Zeta's aliases."""
+        base = set(PreTrainedConfig.__dataclass_fields__)
+        return {name for name in cls.__dataclass_fields__ if name not in base and not name.startswith("_")} | set(
+            ZETA_ALIASES
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     def validate_architecture(self) -> None:
@@ -227,6 +277,45 @@ class ZetaConfig(PreTrainedConfig):
         _check_choice("norm", self.norm, NORMS)
         _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
         _check_choice("ff_activation", self.ff_activation, FF_ACTIVATIONS)
+        _check_choice("residual_type", self.residual_type, RESIDUAL_TYPES)
+        _check_choice("sparse_topk_mode", self.sparse_topk_mode, SPARSE_TOPK_MODES)
+        _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
+        for name in ("layer_dropout", "classifier_dropout"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        _check_range("resi_dual_scale", self.resi_dual_scale, 0.0, 1.0, low_open=True)
+        _check_range("scale_residual_constant", self.scale_residual_constant, 0.0, low_open=True)
+        if self.norm_placement == "deepnorm" and self.scale_residual_constant != 1.0:
+            raise ValueError(
+                "`norm_placement='deepnorm'` sets the residual scale itself; leave `scale_residual_constant` at 1.0, "
+                f"but got {self.scale_residual_constant}."
+            )
+        if self.block_pattern is not None:
+            if not self.block_pattern or any(kind not in LAYER_KINDS for kind in self.block_pattern):
+                raise ValueError(
+                    f"`block_pattern` must be a non-empty list of {list(LAYER_KINDS)}, but got {self.block_pattern!r}."
+                )
+        if self.only_cross and not self.cross_attend:
+            raise ValueError("`only_cross=True` needs `cross_attend=True`.")
+        if "cross" in self.layer_pattern and not self.cross_attend:
+            raise ValueError("`block_pattern` contains 'cross' layers: set `cross_attend=True`.")
+        shifts = self.shift_tokens if isinstance(self.shift_tokens, list) else [self.shift_tokens]
+        for value in shifts:
+            _check_int("shift_tokens", value, 0)
+        if isinstance(self.shift_tokens, list) and len(self.shift_tokens) != len(self.layer_pattern):
+            raise ValueError(
+                f"`shift_tokens` as a list needs one entry per layer ({len(self.layer_pattern)}), but got "
+                f"{len(self.shift_tokens)}."
+            )
+        for name in ("value_head_dim", "max_attend_past", "sparse_topk"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1 if name != "max_attend_past" else 0)
+        if self.shared_kv and self.value_head_dim not in (None, self.head_dim):
+            raise ValueError(
+                f"`shared_kv=True` needs `value_head_dim` equal to `head_dim` ({self.head_dim}), but got "
+                f"{self.value_head_dim}."
+            )
+        if self.position_embedding == "dynamic":
+            _check_int("dynamic_pos_bias_mlp_depth", self.dynamic_pos_bias_mlp_depth, 1)
         if self.embedding_dim is not None:
             _check_int("embedding_dim", self.embedding_dim, 1)
         if self.logits_dim is not None:
@@ -251,6 +340,11 @@ class ZetaConfig(PreTrainedConfig):
             if self.rotary_emb_dim % 2 or self.rotary_emb_dim > self.head_dim:
                 raise ValueError(
                     f"`rotary_emb_dim` must be even and at most `head_dim` ({self.head_dim}), but got {self.rotary_emb_dim}."
+                )
+            if self.rotary_rotate_values and self.value_dim < self.rotary_emb_dim:
+                raise ValueError(
+                    f"`rotary_rotate_values=True` rotates values, so `value_head_dim` ({self.value_dim}) must be at "
+                    f"least `rotary_emb_dim` ({self.rotary_emb_dim})."
                 )
             _check_range("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0)
             _check_range("rotary_base", self.rotary_base, 0.0, low_open=True)
@@ -277,7 +371,10 @@ class ZetaConfig(PreTrainedConfig):
                     f"({self.rel_pos_max_distance})."
                 )
         if self.absolute_position_embedding == "scaled_sinusoidal" and self.input_dim % 2:
-            raise ValueError(f"Scaled sinusoidal positions need an even embedding width, but got {self.input_dim}.")
+            raise ValueError(
+                "Scaled sinusoidal positions need an even embedding width (`embedding_dim`, or `hidden_size` when "
+                f"`embedding_dim` is unset), but got {self.input_dim}."
+            )
         if self.qk_norm:
             _check_int("qk_norm_groups", self.qk_norm_groups, 1)
             if self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2:
@@ -319,27 +416,58 @@ class ZetaConfig(PreTrainedConfig):
 
     @property
     def layer_pattern(self) -> tuple[str, ...]:
-        """Kinds of the residual layers, in order: "attn" (self-attention) or "ff" (feedforward)."""
-        block = ("ff", "attn", "ff") if self.macaron else ("attn", "ff")
+        """Kinds of the residual layers, in order: "attn" (self-attention), "cross" (cross-attention) or "ff"."""
+        if self.block_pattern is not None:
+            return tuple(self.block_pattern)
+        block = ("cross", "ff") if self.only_cross else (("attn", "cross", "ff") if self.cross_attend else ("attn", "ff"))
+        if self.macaron:
+            block = ("ff",) + block
         return block * self.num_hidden_layers
+
+    @property
+    def layer_shift_tokens(self) -> tuple[int, ...]:
+        if isinstance(self.shift_tokens, list):
+            return tuple(self.shift_tokens)
+        return (self.shift_tokens,) * len(self.layer_pattern)
 
     @property
     def num_attention_layers(self) -> int:
         return self.layer_pattern.count("attn")
 
     @property
+    def value_dim(self) -> int:
+        return self.value_head_dim or self.head_dim
+
+    @property
     def needs_attention_scores(self) -> bool:
-        """True when a layer consumes pre-softmax scores, which only the eager attention exposes."""
-        return self.residual_attn
+        """True when attention needs the score matrix itself, which only the eager attention exposes."""
+        return self.residual_attn or self.cross_residual_attn or self.talking_heads or self.sparse_topk is not None
 
     @property
     def supports_cache(self) -> bool:
         """Whether cached decoding equals recomputing the whole sequence.
 
-        Not for encoders (earlier tokens would attend to later ones), nor for xpos with Zeta's value rotation,
-        which scales values by an offset that depends on the total length.
+        Not for encoders (earlier tokens would attend to later ones), for xpos with Zeta's value rotation (values are
+        scaled by an offset that depends on the total length), for Zeta's inverted sparse top-k (it ranks future
+        keys too), or for models without self-attention.
         """
-        return self.is_causal and not (self.rotary_xpos and self.rotary_rotate_values)
+        return (
+            self.is_causal
+            and not (self.rotary_xpos and self.rotary_rotate_values)
+            and not (self.sparse_topk is not None and self.sparse_topk_mode == "zeta_inverted")
+            and "attn" in self.layer_pattern
+        )
+
+    @property
+    def padding_invariant(self) -> bool:
+        """Whether a left-padded row gives exactly the unpadded result. Token shifting reads the neighbouring
+        position, which is padding (or, in feedforward layers, an unmasked pad's features, as in Zeta)."""
+        return not any(self.layer_shift_tokens)
+
+    @property
+    def extra_key_slots(self) -> int:
+        """Key slots every attention adds in front of the cached keys per call (the zero key/value)."""
+        return int(self.add_zero_kv)
 
 
 __all__ = ["ZetaConfig"]

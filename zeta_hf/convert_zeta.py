@@ -26,11 +26,18 @@ _ATTN_KEYS = {
     "to_k.weight": "k_proj.weight",
     "to_v.weight": "v_proj.weight",
     "to_out.weight": "o_proj.weight",
+    "to_out.0.weight": "o_proj.weight",  # attention-on-attention: Linear then GLU
+    "to_v_gate.weight": "v_gate.weight",
+    "to_v_gate.bias": "v_gate.bias",
+    "head_scale_params": "head_scale",
+    "attend.pre_softmax_talking_heads.weight": "pre_softmax_talking_heads.weight",
+    "attend.post_softmax_talking_heads.weight": "post_softmax_talking_heads.weight",
     "qk_norm_q_scale": "q_scale",
     "qk_norm_k_scale": "k_scale",
     "mem_k": "memory_k",
     "mem_v": "memory_v",
 }
+_RESIDUAL_KEYS = re.compile(r"residual_scale|gru\.(weight|bias)_(ih|hh)")
 _TOP_KEYS = {
     "token_emb.emb.weight": "model.embed_tokens.weight",
     "pos_emb.emb.weight": "model.embed_positions.emb.weight",
@@ -53,7 +60,6 @@ _SKIP = re.compile(r"attn_layers\.rotary_pos_emb\.(inv_freq|scale)$|\.inv_freq$"
 
 def _ff_key(rest: str, post_act_ln: bool) -> str:
     """Zeta FeedForward keys: ff.0.0 / ff.0.proj (in), ff.1 (post-act LayerNorm), last index (out)."""
-    rest = rest.removeprefix("fn.")  # macaron wraps the feedforward in Scale(0.5, ...)
     m = re.fullmatch(r"ff\.(\d+)\.(?:(?:0|proj)\.)?(weight|bias)", rest)
     if m is None:
         raise ValueError(f"Unexpected feedforward parameter `{rest}` in the Zeta checkpoint.")
@@ -65,7 +71,7 @@ def _ff_key(rest: str, post_act_ln: bool) -> str:
     return f"mlp.{name}.{kind}"
 
 
-def _head_permutation(config: ZetaConfig) -> torch.Tensor | None:
+def head_permutation(config: ZetaConfig) -> torch.Tensor | None:
     """Zeta groups query heads as `h -> kv head h % kv_heads`, transformers as `h -> h // groups`: reorder heads."""
     h, kv = config.num_attention_heads, config.num_key_value_heads
     if kv in (1, h):
@@ -77,45 +83,70 @@ def _head_permutation(config: ZetaConfig) -> torch.Tensor | None:
 
 def convert_state_dict(zeta_state: dict[str, torch.Tensor], config: ZetaConfig) -> dict[str, torch.Tensor]:
     """Rename (and, for grouped-query attention, reorder) a Zeta 1.19 state dict into `ZetaForCausalLM` keys."""
-    perm = _head_permutation(config)
+    perm = head_permutation(config)
     if perm is not None and config.position_embedding == "alibi":
         raise ValueError(
             "Converting grouped-query attention (kv_heads < heads, > 1) combined with ALiBi is not supported: the "
             "per-head slopes would need reordering."
         )
-    d = config.head_dim
     out: dict[str, torch.Tensor] = {}
     for key, tensor in zeta_state.items():
         if _SKIP.search(key):
             continue
         if key in _TOP_KEYS:
             new = _TOP_KEYS[key]
+        elif key.startswith("attn_layers.rel_pos.mlp."):  # dynamic position bias keeps Zeta's MLP layout
+            new = "model.position_bias." + key.removeprefix("attn_layers.rel_pos.")
         else:
             m = re.fullmatch(r"attn_layers\.layers\.(\d+)\.(\d)\.(.+)", key)
             if m is None:
                 raise ValueError(f"Unexpected parameter `{key}` in the Zeta checkpoint: this option is not supported.")
             i, slot, rest = int(m.group(1)), m.group(2), m.group(3)
             kind = config.layer_pattern[i]
+            while rest.startswith("fn."):  # ShiftTokens and macaron's Scale(0.5) wrap the block
+                rest = rest.removeprefix("fn.")
             if slot == "0":
                 norm_slot, _, param = rest.partition(".")
                 new = f"layers.{i}.{_NORM_SLOTS['0.' + norm_slot]}.{'weight' if param == 'g' else param}"
-            elif slot == "1" and kind == "attn":
+            elif slot == "1" and kind in ("attn", "cross"):
                 if rest not in _ATTN_KEYS:
                     raise ValueError(f"Unexpected attention parameter `{key}` in the Zeta checkpoint.")
-                new = f"layers.{i}.self_attn.{_ATTN_KEYS[rest]}"
-                if perm is not None and rest == "to_q.weight":
-                    tensor = tensor.view(-1, d, tensor.shape[-1])[perm].reshape_as(tensor)  # (h * d, dim) rows by head
-                elif perm is not None and rest == "to_out.weight":
-                    tensor = tensor.view(tensor.shape[0], -1, d)[:, perm].reshape_as(tensor)  # (dim, h * d) cols by head
+                new = f"layers.{i}.{'self_attn' if kind == 'attn' else 'cross_attn'}.{_ATTN_KEYS[rest]}"
+                tensor = _reorder_heads(_ATTN_KEYS[rest], tensor, perm, config)
             elif slot == "1":
                 new = f"layers.{i}.{_ff_key(rest, config.ff_post_act_ln)}"
+            elif slot == "2" and _RESIDUAL_KEYS.fullmatch(rest):
+                new = f"layers.{i}.residual.{rest}"
             else:
                 raise ValueError(f"Unexpected parameter `{key}` in the Zeta checkpoint: this option is not supported.")
             new = "model." + new
         if perm is not None and new.endswith("relative_attention_bias.weight"):
-            tensor = tensor[:, perm]
+            tensor = tensor[:, perm]  # (buckets, h)
+        if perm is not None and new.startswith("model.position_bias.mlp.") and tensor.shape[0] == config.num_attention_heads:
+            if new.startswith(f"model.position_bias.mlp.{config.dynamic_pos_bias_mlp_depth}."):
+                tensor = tensor[perm]  # last layer: one output per head
         out[new] = tensor
     return out
+
+
+def _reorder_heads(name: str, tensor: torch.Tensor, perm: torch.Tensor | None, config: ZetaConfig) -> torch.Tensor:
+    """Apply the query-head permutation to every per-head attention parameter."""
+    if name == "head_scale":
+        tensor = tensor.reshape(-1)  # Zeta stores (1, h, 1, 1)
+    if perm is None:
+        return tensor
+    d, vd = config.head_dim, config.value_dim
+    if name == "q_proj.weight":
+        return tensor.view(-1, d, tensor.shape[-1])[perm].reshape_as(tensor)  # (h * d, dim) rows by head
+    if name == "o_proj.weight":
+        return tensor.view(tensor.shape[0], -1, vd)[:, perm].reshape_as(tensor)  # (dim, h * vd) columns by head
+    if name in ("v_gate.weight", "v_gate.bias"):
+        return tensor.view(-1, vd, *tensor.shape[1:])[perm].reshape_as(tensor)  # (h * vd, ...) rows by head
+    if name == "head_scale":
+        return tensor[perm]
+    if name.endswith("talking_heads.weight"):
+        return tensor[perm][:, perm]  # (h, h, 1, 1): mixes heads, both sides reordered
+    return tensor
 
 
 def _layers_from_kwargs(layer_kwargs: dict):
@@ -139,7 +170,8 @@ def convert_zeta_checkpoint(
     layers = kwargs.pop("attn_layers")
     if isinstance(layers, dict):
         layers = _layers_from_kwargs(layers)
-    config = config_from_zeta_kwargs(kwargs, layers)
+    # Zeta 1.19's sparse top-k drops the k largest scores; a converted checkpoint keeps that behaviour.
+    config = config_from_zeta_kwargs(kwargs, layers, sparse_topk_mode="zeta_inverted")
     model = ZetaForCausalLM(config)
     state = convert_state_dict(zeta_state, config)
     if config.tie_word_embeddings:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -110,6 +110,9 @@ class ZetaModelOutput(BaseModelOutputWithPast):
     """`BaseModelOutputWithPast` plus Transformer-XL memories (one per attention layer) when asked for."""
 
     mems: list[torch.Tensor] | None = None
+    memory_states: torch.Tensor | None = None  # final hidden states of the memory tokens (prefill only)
+    # with output_hidden_states: the residual stream entering each self-attention layer, memory tokens included
+    attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -118,6 +121,7 @@ class ZetaCausalLMOutput(CausalLMOutputWithPast):
 
     mems: list[torch.Tensor] | None = None
     last_hidden_state: torch.Tensor | None = None
+    attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -140,23 +144,34 @@ def attention_scores(
     attention_mask: torch.Tensor | None,
     scaling: float,
     prev_scores: torch.Tensor | None = None,
+    position_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pre-softmax scores (b, h, i, j): `q k^T * scale` (+ previous layer's scores) + additive bias/mask."""
+    """Pre-softmax scores (b, h, i, j), in Zeta's order: q k^T * scale, + previous layer's scores (residual
+    attention), talking heads, + additive bias/mask, sparse top-k."""
     key = repeat_kv(key, module.num_key_value_groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if prev_scores is not None:  # residual attention (RealFormer)
+    if prev_scores is not None:
         scores = scores + prev_scores
+    scores = module.pre_softmax_talking_heads(scores)
+    min_value = torch.finfo(scores.dtype).min
+    topk = module.sparse_topk
+    if topk is not None and module.sparse_topk_mode == "zeta_inverted" and topk < scores.shape[-1]:
+        # Zeta 1.19 ranks every key (future ones too) and drops the top k instead of keeping them.
+        ranked = scores if position_bias is None else scores + position_bias
+        scores = scores.masked_fill(ranked >= ranked.topk(topk, dim=-1).values[..., -1:], min_value)
     if attention_mask is not None:
         # clamp keeps masked entries finite (no -inf), so fully masked rows and residual attention never give NaN
-        scores = (scores + attention_mask).clamp(min=torch.finfo(scores.dtype).min)
+        scores = (scores + attention_mask).clamp(min=min_value)
+    if topk is not None and module.sparse_topk_mode == "top_k" and topk < scores.shape[-1]:
+        scores = scores.masked_fill(scores < scores.topk(topk, dim=-1).values[..., -1:], min_value)
     return scores
 
 
 def attend(module: nn.Module, scores: torch.Tensor, value: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax (in float32) over keys, dropout, weighted sum of values -> (b, i, h, d), weights (b, h, i, j)."""
+    """Softmax (in float32) over keys, dropout, talking heads, weighted sum of values -> (b, i, h, d), weights."""
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    dropped = F.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(dropped, repeat_kv(value, module.num_key_value_groups))  # (b, h, i, d)
+    mixed = module.post_softmax_talking_heads(F.dropout(weights, p=dropout, training=module.training))
+    out = torch.matmul(mixed, repeat_kv(value, module.num_key_value_groups))  # (b, h, i, d)
     return out.transpose(1, 2).contiguous(), weights
 
 
@@ -176,42 +191,52 @@ def eager_attention_forward(
 
 
 class ZetaAttention(nn.Module):
-    """Multi-head self-attention with GQA, qk-norm, learned memory key/values, rotary and additive biases."""
+    """Multi-head attention (self or cross) with GQA, qk-norm, memory key/values, rotary, biases and Zeta's extras."""
 
-    def __init__(self, config: ZetaConfig, layer_idx: int):
+    def __init__(self, config: ZetaConfig, layer_idx: int | None, is_cross: bool = False):
         super().__init__()
         self.config = config
-        self.layer_idx = layer_idx  # index among attention layers: the KV cache slot
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_kv_heads
-        self.head_dim = config.head_dim
-        self.is_causal = config.is_causal
+        self.layer_idx = layer_idx  # index among self-attention layers: the KV cache slot
+        self.is_cross = is_cross
+        h, kvh, d, vd = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.value_dim
+        self.num_heads, self.num_kv_heads, self.head_dim, self.value_dim = h, kvh, d, vd
+        self.num_key_value_groups = h // kvh
+        self.is_causal = config.is_causal and not is_cross
         self.qk_norm = config.qk_norm
         self.qk_norm_groups = config.qk_norm_groups
-        self.scaling = config.qk_norm_scale if config.qk_norm else self.head_dim**-0.5
+        self.scaling = config.qk_norm_scale if config.qk_norm else d**-0.5
         self.rotate_values = config.rotary_rotate_values
         self.attention_dropout = config.attention_dropout
+        self.sparse_topk, self.sparse_topk_mode = config.sparse_topk, config.sparse_topk_mode
+        self.add_zero_kv = config.add_zero_kv
 
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
+        # shared_kv: values are the (un-normalised, un-rotated) key projection
+        self.v_proj = None if config.shared_kv else nn.Linear(config.hidden_size, kvh * vd, bias=False)
+        # attention-on-attention: the output projection doubles and a GLU gates it
+        self.o_proj = nn.Linear(h * vd, config.hidden_size * (2 if config.attn_on_attn else 1), bias=False)
+        self.out_glu = nn.GLU() if config.attn_on_attn else nn.Identity()
+        self.v_gate = nn.Linear(config.hidden_size, h * vd) if config.gate_values else None  # AlphaFold2 value gating
+        self.head_scale = nn.Parameter(torch.ones(h)) if config.head_scale else None  # NormFormer head scaling
+        talking = config.talking_heads
+        self.pre_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
+        self.post_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
         if config.qk_norm and config.qk_norm_dim_scale:
-            self.q_scale = nn.Parameter(torch.ones(self.head_dim))
-            self.k_scale = nn.Parameter(torch.ones(self.head_dim))
+            self.q_scale = nn.Parameter(torch.ones(d))
+            self.k_scale = nn.Parameter(torch.ones(d))
         else:
             self.q_scale = self.k_scale = None
         if config.num_memory_kv > 0:
-            self.memory_k = nn.Parameter(torch.randn(self.num_kv_heads, config.num_memory_kv, self.head_dim))
-            self.memory_v = nn.Parameter(torch.randn(self.num_kv_heads, config.num_memory_kv, self.head_dim))
+            self.memory_k = nn.Parameter(torch.randn(kvh, config.num_memory_kv, d))
+            self.memory_v = nn.Parameter(torch.randn(kvh, config.num_memory_kv, vd))
         else:
             self.memory_k = self.memory_v = None
 
-    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None, groups: int | None = None) -> torch.Tensor:
         if not self.qk_norm:
             return t
-        t = l2norm(t, self.qk_norm_groups)
+        t = l2norm(t, groups or self.qk_norm_groups)
         return t * scale if scale is not None else t
 
     def forward(
@@ -223,19 +248,24 @@ class ZetaAttention(nn.Module):
         mem: torch.Tensor | None = None,
         prefill: bool = True,
         prev_scores: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         b, n, _ = hidden_states.shape
-        # XL memories join keys and values only, already normed like the input
-        kv_input = hidden_states if mem is None else torch.cat((mem, hidden_states), dim=1)
+        if context is not None:
+            kv_input = context
+        else:  # XL memories join keys and values only, next to the normed input
+            kv_input = hidden_states if mem is None else torch.cat((mem, hidden_states), dim=1)
+        m = kv_input.shape[1]
 
         query = self.q_proj(hidden_states).view(b, n, -1, self.head_dim).transpose(1, 2)  # (b, h, n, d)
-        key = self.k_proj(kv_input).view(b, kv_input.shape[1], -1, self.head_dim).transpose(1, 2)  # (b, kvh, m+n, d)
-        value = self.v_proj(kv_input).view(b, kv_input.shape[1], -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(kv_input).view(b, m, -1, self.head_dim).transpose(1, 2)  # (b, kvh, m, d)
+        value = key if self.v_proj is None else self.v_proj(kv_input).view(b, m, -1, self.value_dim).transpose(1, 2)
         query = self.normalize_qk(query, self.q_scale)
         key = self.normalize_qk(key, self.k_scale)
 
-        if rotary is not None:
+        if rotary is not None and context is None:
             (q_cos, q_sin, q_scale), (k_cos, k_sin, k_scale) = rotary
             query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0)
             k_scale = 1.0 if k_scale is None else k_scale**-1.0
@@ -243,35 +273,37 @@ class ZetaAttention(nn.Module):
             if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
                 value = apply_rotary(value, k_cos, k_sin, k_scale)
 
-        if self.memory_k is not None and prefill:
-            # learned memory slots enter the key axis once, at prefill; afterwards they live in the cache
-            memory_k = self.normalize_qk(self.memory_k, self.k_scale).expand(b, -1, -1, -1).to(key.dtype)
+        if self.memory_k is not None and (prefill or self.is_cross):
+            # learned memory slots enter the key axis at prefill; afterwards they live in the cache
+            # Zeta normalises the memory keys over the whole head, whatever `qk_norm_groups` is
+            memory_k = self.normalize_qk(self.memory_k, self.k_scale, groups=1).expand(b, -1, -1, -1).to(key.dtype)
             key = torch.cat((memory_k, key), dim=2)
             value = torch.cat((self.memory_v.expand(b, -1, -1, -1).to(value.dtype), value), dim=2)
 
-        if cache is not None:
+        if cache is not None and not self.is_cross:
             key, value = cache.update(key, value, self.layer_idx)
+        if self.add_zero_kv:  # a zero key/value in front lets a query attend to nothing
+            key, value = F.pad(key, (0, 0, 1, 0)), F.pad(value, (0, 0, 1, 0))
 
         scores = None
+        dropout = self.attention_dropout if self.training else 0.0
         if self.config.needs_attention_scores:
-            scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores)
-            attn_output, attn_weights = attend(self, scores, value, self.attention_dropout if self.training else 0.0)
+            scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
+            attn_output, attn_weights = attend(self, scores, value, dropout)
         else:
             attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
             attn_output, attn_weights = attention_interface(
-                self,
-                query,
-                key,
-                value,
-                attention_mask,
-                dropout=self.attention_dropout if self.training else 0.0,
-                scaling=self.scaling,
+                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 is_causal=self.is_causal and attention_mask is None and n > 1,
             )
+        if self.head_scale is not None:
+            attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)
         attn_output = attn_output.reshape(b, n, -1)  # (b, n, h * d)
-        return self.o_proj(attn_output), attn_weights, scores
+        if self.v_gate is not None:
+            attn_output = attn_output * self.v_gate(hidden_states).sigmoid()
+        return self.out_glu(self.o_proj(attn_output)), attn_weights, scores
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -303,37 +335,139 @@ class ZetaFeedForward(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Residual connections and token shifting
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ZetaResidual(nn.Module):
+    """`branch + residual * scale` (learned per-feature and/or constant scale; deepnorm sets both)."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__()
+        deepnorm = config.norm_placement == "deepnorm"
+        self.residual_scale = nn.Parameter(torch.ones(config.hidden_size)) if (config.scale_residual or deepnorm) else None
+        self.constant = (2 * config.num_hidden_layers) ** 0.25 if deepnorm else config.scale_residual_constant
+
+    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        if self.constant != 1:
+            residual = residual * self.constant
+        return branch + residual
+
+
+class ZetaGRUResidual(nn.Module):
+    """Gated residual: a GRU cell whose input is the branch output and whose state is the residual stream."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__()
+        self.gru = nn.GRUCell(config.hidden_size, config.hidden_size)
+        self.residual_scale = nn.Parameter(torch.ones(config.hidden_size)) if config.scale_residual else None
+
+    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        out = self.gru(branch.reshape(-1, branch.shape[-1]), residual.reshape(-1, residual.shape[-1]))  # (b * n, d)
+        return out.reshape_as(branch)
+
+
+RESIDUAL_CLASSES = {"add": ZetaResidual, "gru": ZetaGRUResidual}
+
+
+class ZetaTokenShift(nn.Module):
+    """Shift feature chunks along the sequence: chunk s of token t takes chunk s of token t - shifts[s].
+
+    With a cache, the last inputs of the previous call are kept in the cache (an extra cache layer per shifting
+    layer), so cached decoding equals the full forward.
+    """
+
+    def __init__(self, config: ZetaConfig, amount: int, cache_slot: int | None):
+        super().__init__()
+        low = 0 if config.is_causal else -amount
+        self.shifts = tuple(range(low, amount + 1))
+        self.max_shift = amount
+        self.cache_slot = cache_slot
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, cache: Cache | None) -> torch.Tensor:
+        n = x.shape[1]
+        if keep is not None:
+            x = x * keep  # padded positions pass on zeros, as at the start of a sequence
+        if cache is not None:
+            while len(cache.layers) <= self.cache_slot:
+                cache.layers.append(DynamicLayer())
+            layer = cache.layers[self.cache_slot]
+            past = layer.keys[:, 0, -self.max_shift:] if layer.is_initialized and layer.keys.numel() else None
+            cache.update(x[:, None], x[:, None, :, :0], self.cache_slot)  # keys (b, 1, n, d); no values
+            if past is not None:
+                x = torch.cat((past, x), dim=1)
+        chunks = x.split(x.shape[-1] // len(self.shifts), dim=-1)
+        shifted = [self.shift(chunk, amount) for chunk, amount in zip(chunks, self.shifts)]
+        return torch.cat((*shifted, *chunks[len(self.shifts):]), dim=-1)[:, -n:]
+
+    @staticmethod
+    def shift(t: torch.Tensor, amount: int) -> torch.Tensor:
+        if amount == 0:
+            return t
+        amount = max(min(amount, t.shape[1]), -t.shape[1])
+        return F.pad(t, (0, 0, amount, -amount))  # positive: from the past, negative: from the future
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # One residual layer: norm placement, branch, residual
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ZetaLayer(GradientCheckpointingLayer):
-    """One residual branch (self-attention or feedforward) with pre-, post- or sandwich norm."""
+@dataclass
+class ZetaLayerOutput:
+    hidden_states: torch.Tensor
+    branch: torch.Tensor  # the branch output before the sandwich norm (resiDual accumulates it)
+    attn_weights: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
-    def __init__(self, config: ZetaConfig, layer_idx: int, kind: str, attn_idx: int | None = None):
+
+class ZetaLayer(GradientCheckpointingLayer):
+    """One residual branch (self-attention, cross-attention or feedforward) with its norms and residual."""
+
+    def __init__(self, config: ZetaConfig, layer_idx: int, kind: str, attn_idx: int | None = None,
+                 shift_slot: int | None = None):
         super().__init__()
         self.kind = kind
-        self.pre_norm = make_norm(config) if config.norm_placement in ("pre", "sandwich") else nn.Identity()
-        self.branch_norm = make_norm(config) if config.norm_placement == "sandwich" else nn.Identity()
-        self.post_norm = make_norm(config) if config.norm_placement == "post" else nn.Identity()
+        placement = config.norm_placement
+        self.pre_norm = make_norm(config) if placement in ("pre", "sandwich") else nn.Identity()
+        self.branch_norm = make_norm(config) if placement == "sandwich" else nn.Identity()
+        self.post_norm = make_norm(config) if placement in ("post", "resi_dual", "deepnorm") else nn.Identity()
+        amount = config.layer_shift_tokens[layer_idx]
+        self.shift_tokens = ZetaTokenShift(config, amount, shift_slot) if amount > 0 else None
         self.self_attn = ZetaAttention(config, attn_idx) if kind == "attn" else None
+        self.cross_attn = ZetaAttention(config, None, is_cross=True) if kind == "cross" else None
         self.mlp = ZetaFeedForward(config, layer_idx) if kind == "ff" else None
+        self.residual = RESIDUAL_CLASSES[config.residual_type](config)
         # macaron: two half-weighted feedforwards around the attention
         self.branch_scale = 0.5 if (config.macaron and kind == "ff") else 1.0
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **attn_kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        query_keep: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **attn_kwargs,
+    ) -> ZetaLayerOutput:
         weights = scores = None
         h = self.pre_norm(hidden_states)
-        if self.self_attn is not None:
-            h, weights, scores = self.self_attn(h, attention_mask, **attn_kwargs)
-            if attn_kwargs.get("query_keep") is not None:  # Zeta zeroes attention outputs at padded queries
-                h = h * attn_kwargs["query_keep"]
-        else:
+        if self.shift_tokens is not None:
+            # Zeta masks shifted features only on the attention branches
+            h = self.shift_tokens(h, query_keep if self.mlp is None else None, cache)
+        if self.mlp is not None:
             h = self.mlp(h)
-        h = self.branch_norm(h) * self.branch_scale
-        return self.post_norm(hidden_states + h), weights, scores
+        else:
+            attention = self.self_attn if self.self_attn is not None else self.cross_attn
+            h, weights, scores = attention(h, attention_mask, cache=cache, **attn_kwargs)
+            if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
+                h = h * query_keep
+        branch = h * self.branch_scale
+        x = self.residual(self.branch_norm(branch), hidden_states)
+        return ZetaLayerOutput(self.post_norm(x), branch, weights, scores)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -387,14 +521,26 @@ class ZetaPreTrainedModel(PreTrainedModel):
             init.copy_(module.slopes, module.compute_slopes())
         elif isinstance(module, T5RelativePositionBias):
             init.normal_(module.relative_attention_bias.weight)
+        elif isinstance(module, nn.Conv2d):  # talking heads
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+        elif isinstance(module, nn.GRUCell):
+            for weight in module.parameters():
+                init.uniform_(weight, -(module.hidden_size**-0.5), module.hidden_size**-0.5)
+        elif isinstance(module, (ZetaResidual, ZetaGRUResidual)) and module.residual_scale is not None:
+            init.ones_(module.residual_scale)
         elif isinstance(module, ZetaAttention):
-            if module.q_scale is not None:
-                init.ones_(module.q_scale)
-                init.ones_(module.k_scale)
-            if module.memory_k is not None:
-                init.normal_(module.memory_k)
-                init.normal_(module.memory_v)
+            self._init_attention(module)
+        elif isinstance(module, ZetaFeedForward):
+            if self.config.norm_placement == "deepnorm":
+                for linear in (module.up_proj, module.down_proj):
+                    self._init_deepnorm(linear, gain=self._deepnorm_beta)
+            if self.config.zero_init_ff_output:
+                init.zeros_(module.down_proj.weight)
+                if module.down_proj.bias is not None:
+                    init.zeros_(module.down_proj.bias)
         elif isinstance(module, ZetaModel):
+            if module.memory_tokens is not None:
+                init.normal_(module.memory_tokens)
             std_small = 1e-5 if self.config.l2norm_embed else None
             if isinstance(module.embed_tokens, nn.Embedding):
                 if std_small:
@@ -403,8 +549,37 @@ class ZetaPreTrainedModel(PreTrainedModel):
                     init.kaiming_normal_(module.embed_tokens.weight)
             if module.embed_positions is not None and hasattr(module.embed_positions, "emb"):
                 init.normal_(module.embed_positions.emb.weight, std=std_small or 1.0)
-            if module.memory_tokens is not None:
-                init.normal_(module.memory_tokens)
+
+    @property
+    def _deepnorm_beta(self) -> float:
+        return (8 * self.config.num_hidden_layers) ** -0.25
+
+    @staticmethod
+    def _init_deepnorm(linear: nn.Linear, gain: float) -> None:
+        init.xavier_normal_(linear.weight, gain=gain)
+        if linear.bias is not None:
+            init.zeros_(linear.bias)
+
+    def _init_attention(self, module: "ZetaAttention") -> None:
+        """Runs after the module's own Linear children, so the choices here win."""
+        if module.q_scale is not None:
+            init.ones_(module.q_scale)
+            init.ones_(module.k_scale)
+        if module.memory_k is not None:
+            init.normal_(module.memory_k)
+            init.normal_(module.memory_v)
+        if module.head_scale is not None:
+            init.ones_(module.head_scale)
+        if self.config.norm_placement == "deepnorm":  # DeepNet: beta gain on values and output, 1 elsewhere
+            for linear, gain in ((module.q_proj, 1.0), (module.k_proj, 1.0), (module.v_proj, self._deepnorm_beta),
+                                 (module.o_proj, self._deepnorm_beta)):
+                if linear is not None:
+                    self._init_deepnorm(linear, gain)
+        if module.v_gate is not None:  # gates start fully open
+            init.zeros_(module.v_gate.weight)
+            init.ones_(module.v_gate.bias)
+        if self.config.zero_init_attn_output:
+            init.zeros_(module.o_proj.weight)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -421,6 +596,15 @@ def _load_embedding_provider(path: str) -> Callable[[int, int], nn.Module]:
     except (ImportError, AttributeError) as err:
         raise ValueError(f"`embedding_provider` {path!r} could not be imported: {err}.") from err
     return factory
+
+
+def unpadded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Positions (b, n) that ignore left padding: each row counts from its first kept token.
+
+    Right padding and holes keep Zeta's index positions, so right-padded batches match Zeta exactly.
+    """
+    leading_pads = (mask.long().cumsum(-1) == 0).sum(-1, keepdim=True)  # (b, 1)
+    return (torch.arange(mask.shape[-1], device=mask.device) - leading_pads).clamp(min=0)
 
 
 @dataclass
@@ -457,12 +641,17 @@ class ZetaModel(ZetaPreTrainedModel):
         bias_cls = ATTENTION_BIAS_CLASSES.get(config.position_embedding)
         self.position_bias = bias_cls(config) if bias_cls is not None else None
 
-        layers, attn_idx = [], 0
+        # KV cache slots: one per self-attention layer, then one per token-shifting layer (its previous inputs)
+        layers, attn_idx, shift_slot = [], 0, config.num_attention_layers
         for layer_idx, kind in enumerate(config.layer_pattern):
-            layers.append(ZetaLayer(config, layer_idx, kind, attn_idx if kind == "attn" else None))
+            shifts = config.layer_shift_tokens[layer_idx] > 0
+            layers.append(ZetaLayer(config, layer_idx, kind, attn_idx if kind == "attn" else None,
+                                    shift_slot if shifts else None))
             attn_idx += kind == "attn"
+            shift_slot += shifts
         self.layers = nn.ModuleList(layers)
-        self.norm = make_norm(config) if config.norm_placement in ("pre", "sandwich") else nn.Identity()
+        has_final_norm = config.norm_placement in ("pre", "sandwich", "resi_dual")
+        self.norm = make_norm(config) if has_final_norm else nn.Identity()
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -473,7 +662,7 @@ class ZetaModel(ZetaPreTrainedModel):
         self.embed_tokens = value
 
     # ---- input checks: one clear sentence instead of an IndexError deep in torch ----
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, mems, cache, position_ids) -> None:
+    def _check_inputs(self, input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos) -> None:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if input_ids is not None:
@@ -489,6 +678,18 @@ class ZetaModel(ZetaPreTrainedModel):
         seq = input_ids if input_ids is not None else inputs_embeds
         if seq.shape[1] == 0:
             raise ValueError("`input_ids` is an empty sequence: at least one token is needed.")
+        b, n = seq.shape[:2]
+        width = self.config.input_dim
+        for name, tensor, length in (("prepend_embeds", prepend_embeds, None), ("sum_embeds", sum_embeds, n)):
+            if tensor is None:
+                continue
+            if tensor.dim() != 3 or tensor.shape[0] != b or tensor.shape[2] != width or (
+                length is not None and tensor.shape[1] != length
+            ):
+                expected = f"(batch={b}, {'m' if length is None else length}, embedding width={width})"
+                raise ValueError(f"`{name}` must have shape {expected}, but got {tuple(tensor.shape)}.")
+        if pos is not None and pos.dtype.is_floating_point and pos.shape[-2:] != (n, width):
+            raise ValueError(f"`pos` as a float tensor must have shape (.., {n}, {width}), but got {tuple(pos.shape)}.")
         if mems is not None:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("`mems` can only be passed with an empty cache: after prefill they live in the cache.")
@@ -510,7 +711,7 @@ class ZetaModel(ZetaPreTrainedModel):
         """Positions (b | 1, s) of the sequence rows of this call (prepend + tokens), counted from the first one."""
         s = layout.num_queries - (self.config.num_memory_tokens if layout.past_length == 0 else 0)
         if mask is not None:
-            return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -s:]
+            return unpadded_positions(mask)[:, -s:]
         past_seq = layout.past_length - layout.prefix_length if layout.past_length else 0
         return (past_seq + torch.arange(s, device=device))[None]
 
@@ -538,17 +739,19 @@ class ZetaModel(ZetaPreTrainedModel):
             rotary = (q_rotary, k_rotary)
 
         padded = mask is not None
-        needs_mask = padded or self.position_bias is not None or (
-            cfg.is_causal and (layout.num_queries > 1) and (kv_len > layout.num_queries or self._eager_like)
+        extra = cfg.extra_key_slots
+        needs_mask = padded or self.position_bias is not None or cfg.max_attend_past is not None or (
+            layout.num_queries > 1
+            and (extra > 0 or (cfg.is_causal and (kv_len > layout.num_queries or self._eager_like)))
         )
         if not needs_mask:
-            return rotary, None
+            return rotary, None, None
 
         key_index = torch.arange(kv_len, device=device)
         if padded:
             key_pos = torch.cat(
                 (key_index[: layout.prefix_length][None].expand(mask.shape[0], -1),
-                 layout.prefix_length + (mask.long().cumsum(-1) - 1).clamp(min=0)), dim=1
+                 layout.prefix_length + unpadded_positions(mask)), dim=1
             )
         else:
             key_pos = key_index[None]
@@ -563,7 +766,14 @@ class ZetaModel(ZetaPreTrainedModel):
         if cfg.is_causal:
             query_index = kv_len - layout.num_queries + torch.arange(layout.num_queries, device=device)
             keep = keep & (key_index[None, :] <= query_index[:, None])[None, None]  # (b, 1, i, j)
-        return rotary, torch.where(keep, bias, torch.finfo(dtype).min)
+        if cfg.max_attend_past is not None:  # sliding window
+            keep = keep & ((query_pos[:, :, None] - key_pos[:, None, :]) <= cfg.max_attend_past)[:, None]
+        combined = torch.where(keep, bias, torch.finfo(dtype).min)
+        raw_bias = bias if (cfg.sparse_topk_mode == "zeta_inverted" and self.position_bias is not None) else None
+        if extra:  # the zero key/value slot in front: always visible, no bias
+            combined = F.pad(combined, (extra, 0))
+            raw_bias = F.pad(raw_bias, (extra, 0)) if raw_bias is not None else None
+        return rotary, combined, raw_bias
 
     @property
     def _eager_like(self) -> bool:
@@ -621,6 +831,8 @@ class ZetaModel(ZetaPreTrainedModel):
         pos: torch.Tensor | None = None,
         sum_embeds: torch.Tensor | None = None,
         prepend_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> ZetaModelOutput:
         cfg = self.config
@@ -629,7 +841,7 @@ class ZetaModel(ZetaPreTrainedModel):
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cfg.use_cache and cfg.supports_cache and not self.training)
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, mems, cache, position_ids)
+        self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
         if use_cache and not cfg.supports_cache:
             raise ValueError(
                 "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
@@ -678,7 +890,7 @@ class ZetaModel(ZetaPreTrainedModel):
 
         if position_ids is None:
             if mask is not None:
-                position_ids = (mask[:, m:].long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+                position_ids = unpadded_positions(mask[:, m:])[:, -n:]
             else:
                 past_tokens = past_length - prefix_length - m if past_length else 0
                 position_ids = (past_tokens + torch.arange(n, device=device))[None]
@@ -689,38 +901,42 @@ class ZetaModel(ZetaPreTrainedModel):
         if mems is not None and cfg.shift_mem_down:
             mems = [*mems[cfg.shift_mem_down:], *mems[: cfg.shift_mem_down]]
 
-        rotary, attn_bias = self._relative_inputs(layout, mask, mem_len, device)
+        rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device)
         query_keep = None
         if mask is not None:
             rows = mask[:, -(layout.num_queries - (cfg.num_memory_tokens if prefill else 0)):]
             if prefill and cfg.num_memory_tokens:
                 rows = torch.cat((torch.ones(b, cfg.num_memory_tokens, dtype=rows.dtype, device=device), rows), dim=1)
             query_keep = rows[..., None].to(x.dtype)  # (b, i, 1)
+        cross_mask = self._cross_attention_mask(encoder_hidden_states, encoder_attention_mask, x.dtype)
 
         n_mem_tok = cfg.num_memory_tokens if prefill else 0
         all_hidden, all_attn, layer_inputs = [], [], []
-        prev_scores = None
+        prev_scores = prev_cross_scores = None
+        outer_residual = x * cfg.resi_dual_scale if cfg.norm_placement == "resi_dual" else None
         for layer in self.layers:
+            if self.training and cfg.layer_dropout > 0 and torch.rand(()) < cfg.layer_dropout:
+                continue  # stochastic depth
             if output_hidden_states:
                 all_hidden.append(x[:, n_mem_tok:])
-            attn_kwargs = {}
             if layer.kind == "attn":
-                attn_idx = layer.self_attn.layer_idx
                 layer_inputs.append(x)
-                attn_kwargs = dict(
-                    rotary=rotary,
-                    cache=cache,
-                    mem=None if mems is None else mems[attn_idx].to(x.dtype),  # raw: Zeta joins mems to the normed input
-                    prefill=prefill,
-                    prev_scores=prev_scores,
-                    query_keep=query_keep,
-                )
-            x, weights, scores = layer(x, attn_bias, **attn_kwargs)
-            if layer.kind == "attn":
-                prev_scores = scores if cfg.residual_attn else None
-                if output_attentions:
-                    all_attn.append(None if weights is None else weights[:, :, n_mem_tok:])
-        x = self.norm(x)
+                mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
+                out = layer(x, attn_bias, query_keep, cache, rotary=rotary, mem=mem, prefill=prefill,
+                            prev_scores=prev_scores, position_bias=raw_bias)
+                prev_scores = out.scores if cfg.residual_attn else None
+            elif layer.kind == "cross":
+                out = layer(x, cross_mask, query_keep, cache, context=encoder_hidden_states,
+                            prev_scores=prev_cross_scores)
+                prev_cross_scores = out.scores if cfg.cross_residual_attn else None
+            else:
+                out = layer(x, None, query_keep, cache)
+            x = out.hidden_states
+            if outer_residual is not None:
+                outer_residual = outer_residual + out.branch * cfg.resi_dual_scale
+            if output_attentions and layer.kind != "ff":
+                all_attn.append(None if out.attn_weights is None else out.attn_weights[:, :, n_mem_tok:])
+        x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
 
         new_mems = None
         if output_mems:
@@ -732,7 +948,7 @@ class ZetaModel(ZetaPreTrainedModel):
                     hidden = hidden[:, -cfg.max_mem_len:]
                 new_mems.append(hidden.detach())
 
-        x = x[:, n_mem_tok:]
+        memory_states, x = x[:, :n_mem_tok], x[:, n_mem_tok:]
         if output_hidden_states:
             all_hidden.append(x)
         return ZetaModelOutput(
@@ -741,7 +957,31 @@ class ZetaModel(ZetaPreTrainedModel):
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
             mems=new_mems,
+            memory_states=memory_states if n_mem_tok else None,
+            attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
         )
+
+    def _cross_attention_mask(self, context: torch.Tensor | None, context_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+        """Additive mask (b, 1, 1, m) over the encoder states (plus memory slots in front), or None."""
+        cfg = self.config
+        if "cross" not in cfg.layer_pattern:
+            if context is not None:
+                raise ValueError("`encoder_hidden_states` was passed, but this model has no cross-attention layers.")
+            return None
+        if context is None:
+            raise ValueError("This model has cross-attention layers: pass `encoder_hidden_states` (Zeta's `context`).")
+        if context.dim() != 3 or context.shape[-1] != cfg.hidden_size:
+            raise ValueError(
+                f"`encoder_hidden_states` must have shape (batch, length, {cfg.hidden_size}), but got {tuple(context.shape)}."
+            )
+        if context_mask is None:
+            return None
+        if context_mask.shape != context.shape[:2]:
+            raise ValueError(
+                f"`encoder_attention_mask` must have shape {tuple(context.shape[:2])}, but got {tuple(context_mask.shape)}."
+            )
+        keep = F.pad(context_mask.bool(), (cfg.num_memory_kv + cfg.extra_key_slots, 0), value=True)
+        return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
 
 
 class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
@@ -813,6 +1053,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         pos: torch.Tensor | None = None,
         sum_embeds: torch.Tensor | None = None,
         prepend_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> ZetaCausalLMOutput | tuple:
         if "past_key_values" in kwargs and cache is None:
@@ -831,6 +1073,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             pos=pos,
             sum_embeds=sum_embeds,
             prepend_embeds=prepend_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -846,6 +1090,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             mems=outputs.mems,
             last_hidden_state=hidden,
+            attention_inputs=outputs.attention_inputs,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()

@@ -168,5 +168,33 @@ class T5RelativePositionBias(nn.Module):
         return values.permute(0, 3, 1, 2) * self.scale  # (b, h, i, j)
 
 
+class DynamicPositionBias(nn.Module):
+    """A small MLP from relative distance (optionally log-scaled) to one bias per head."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__()
+        dim, heads = config.hidden_size // 4, config.num_attention_heads
+        self.log_distance = config.dynamic_pos_bias_log_distance
+
+        def block(dim_in: int) -> nn.Sequential:
+            norm = [nn.LayerNorm(dim)] if config.dynamic_pos_bias_norm else []
+            return nn.Sequential(nn.Linear(dim_in, dim), *norm, nn.SiLU())
+
+        depth = config.dynamic_pos_bias_mlp_depth
+        self.mlp = nn.ModuleList([block(1), *(block(dim) for _ in range(depth - 1)), nn.Linear(dim, heads)])
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        relative = query_positions[:, :, None] - key_positions[:, None, :]  # (b, i, j)
+        low, high = int(relative.min()), int(relative.max())
+        # run the MLP once per distinct distance, then gather
+        distances = torch.arange(low, high + 1, device=relative.device, dtype=torch.float32)[:, None]
+        if self.log_distance:
+            distances = torch.sign(distances) * torch.log(distances.abs() + 1)
+        table = distances.to(self.mlp[-1].weight.dtype)
+        for layer in self.mlp:
+            table = layer(table)  # (distances, h)
+        return table[relative - low].permute(0, 3, 1, 2)  # (b, h, i, j)
+
+
 ABSOLUTE_POSITION_CLASSES = {"learned": LearnedPositionEmbedding, "scaled_sinusoidal": ScaledSinusoidalEmbedding}
-ATTENTION_BIAS_CLASSES = {"alibi": AlibiPositionBias, "t5": T5RelativePositionBias}
+ATTENTION_BIAS_CLASSES = {"alibi": AlibiPositionBias, "t5": T5RelativePositionBias, "dynamic": DynamicPositionBias}

@@ -16,32 +16,35 @@ from torch import nn
 from .configuration_zeta import ZetaConfig
 from .modeling_zeta import ZetaForCausalLM
 
-# Zeta options whose re-implementation is tracked separately; they raise a clear error until then.
-NOT_YET_SUPPORTED = {
-    "cross_attend", "only_cross", "dynamic_pos_bias", "dynamic_pos_bias_log_distance", "dynamic_pos_bias_mlp_depth",
-    "dynamic_pos_bias_norm", "custom_layers", "sandwich_coef", "par_ratio", "cross_residual_attn",
-    "pre_norm_has_final_norm", "gate_residual", "scale_residual", "scale_residual_constant", "deepnorm", "shift_tokens",
-    "resi_dual", "resi_dual_scale", "zero_init_branch_output", "layer_dropout", "cross_attn_tokens_dropout",
-    "attn_talking_heads", "attn_head_scale", "attn_sparse_topk", "attn_on_attn", "attn_gate_values",
-    "attn_zero_init_output", "attn_max_attend_past", "attn_shared_kv", "attn_value_dim_head", "attn_tensor_product",
-    "attn_cascading_heads", "attn_add_zero_kv", "ff_zero_init_output", "ff_glu_mult_bias",
-}
+# Zeta options zeta_hf does not implement (rarely used); they raise a clear error instead of being ignored.
+NOT_SUPPORTED = {"cross_attn_tokens_dropout", "attn_tensor_product", "attn_cascading_heads", "ff_glu_mult_bias"}
 
 # Zeta's AttentionLayers keyword -> ZetaConfig field (simple renames; the rest is translated in code below).
 _LAYER_RENAMES = {
     "dim": "hidden_size",
     "depth": "num_hidden_layers",
     "heads": "num_attention_heads",
+    "cross_attend": "cross_attend",
+    "only_cross": "only_cross",
     "alibi_num_heads": "alibi_num_heads",
     "rel_pos_num_buckets": "rel_pos_num_buckets",
     "rel_pos_max_distance": "rel_pos_max_distance",
+    "dynamic_pos_bias_log_distance": "dynamic_pos_bias_log_distance",
+    "dynamic_pos_bias_mlp_depth": "dynamic_pos_bias_mlp_depth",
+    "dynamic_pos_bias_norm": "dynamic_pos_bias_norm",
     "rotary_emb_dim": "rotary_emb_dim",
     "rotary_xpos": "rotary_xpos",
     "rotary_interpolation_factor": "rotary_interpolation_factor",
     "rotary_xpos_scale_base": "rotary_xpos_scale_base",
     "rotary_base_rescale_factor": "rotary_base_rescale_factor",
     "residual_attn": "residual_attn",
+    "cross_residual_attn": "cross_residual_attn",
     "macaron": "macaron",
+    "scale_residual": "scale_residual",
+    "scale_residual_constant": "scale_residual_constant",
+    "resi_dual_scale": "resi_dual_scale",
+    "layer_dropout": "layer_dropout",
+    "shift_tokens": "shift_tokens",
     "attn_dim_head": "head_dim",
     "attn_kv_heads": "num_key_value_heads",
     "attn_dropout": "attention_dropout",
@@ -50,24 +53,38 @@ _LAYER_RENAMES = {
     "attn_qk_norm_scale": "qk_norm_scale",
     "attn_qk_norm_dim_scale": "qk_norm_dim_scale",
     "attn_num_mem_kv": "num_memory_kv",
+    "attn_talking_heads": "talking_heads",
+    "attn_head_scale": "head_scale",
+    "attn_gate_values": "gate_values",
+    "attn_on_attn": "attn_on_attn",
+    "attn_add_zero_kv": "add_zero_kv",
+    "attn_value_dim_head": "value_head_dim",
+    "attn_shared_kv": "shared_kv",
+    "attn_max_attend_past": "max_attend_past",
+    "attn_sparse_topk": "sparse_topk",
+    "attn_sparse_topk_mode": "sparse_topk_mode",
+    "attn_zero_init_output": "zero_init_attn_output",
     "ff_mult": "ff_mult",
     "ff_post_act_ln": "ff_post_act_ln",
     "ff_dropout": "ff_dropout",
+    "ff_zero_init_output": "zero_init_ff_output",
 }
-# Translated in `_translate_layers` (booleans that become one named field, or flags with no model effect).
+# Translated in `_translate_layers` (booleans that become one named field, layouts, or flags with no model effect).
 _LAYER_TRANSLATED = {
-    "use_scalenorm", "use_rmsnorm", "use_simple_rmsnorm", "pre_norm", "sandwich_norm", "alibi_pos_bias",
-    "rel_pos_bias", "rotary_pos_emb", "attn_one_kv_head", "attn_flash", "attn_onnxable", "ff_glu", "ff_swish",
-    "ff_relu_squared", "ff_no_bias",
+    "use_scalenorm", "use_rmsnorm", "use_simple_rmsnorm", "pre_norm", "sandwich_norm", "resi_dual", "deepnorm",
+    "alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias", "rotary_pos_emb", "attn_one_kv_head", "attn_flash",
+    "attn_onnxable", "ff_glu", "ff_swish", "ff_relu_squared", "ff_no_bias", "gate_residual",
+    "zero_init_branch_output", "custom_layers", "par_ratio", "sandwich_coef", "pre_norm_has_final_norm",
 }
+_LAYER_CODES = {"a": "attn", "c": "cross", "f": "ff"}
 LAYER_OPTIONS = sorted(set(_LAYER_RENAMES) | _LAYER_TRANSLATED)
 
 
 def _reject_unknown(owner: str, kwargs: dict, valid: list[str]) -> None:
     for key in kwargs:
-        if key in NOT_YET_SUPPORTED:
+        if key in NOT_SUPPORTED:
             raise ValueError(
-                f"{owner} option `{key}` is a Zeta option that zeta_hf does not implement yet; remove it or use "
+                f"{owner} option `{key}` is a Zeta option that zeta_hf does not implement; remove it or use "
                 "x-transformers for this model."
             )
         if key not in valid:
@@ -93,20 +110,42 @@ def _translate_layers(kwargs: dict, causal: bool) -> dict:
         norms[0] if norms else "", "layernorm"
     )
     pre_norm, sandwich = kwargs.get("pre_norm", True), kwargs.get("sandwich_norm", False)
-    if sandwich and not pre_norm:
+    resi_dual, deepnorm = kwargs.get("resi_dual", False), kwargs.get("deepnorm", False)
+    if deepnorm:  # Zeta: deepnorm overrides the other placements
+        fields["norm_placement"] = "deepnorm"
+    elif sandwich and resi_dual:
+        raise ValueError("Choose either `sandwich_norm` or `resi_dual`, not both.")
+    elif resi_dual:
+        fields["norm_placement"] = "resi_dual"
+    elif sandwich and not pre_norm:
         raise ValueError("`sandwich_norm=True` needs `pre_norm=True`.")
-    fields["norm_placement"] = "sandwich" if sandwich else ("pre" if pre_norm else "post")
+    else:
+        fields["norm_placement"] = "sandwich" if sandwich else ("pre" if pre_norm else "post")
+    if kwargs.get("gate_residual"):
+        fields["residual_type"] = "gru"
+    if kwargs.get("zero_init_branch_output"):
+        fields["zero_init_attn_output"] = fields["zero_init_ff_output"] = True
+    if isinstance(fields.get("shift_tokens"), tuple):
+        fields["shift_tokens"] = list(fields["shift_tokens"])
+    if isinstance(fields.get("layer_dropout"), (tuple, list)):
+        raise ValueError("`layer_dropout` must be one float for all layers; per-layer values are not supported.")
+    pattern = _block_pattern(kwargs)
+    if pattern is not None:
+        fields["block_pattern"] = pattern
 
     rotary = kwargs.get("rotary_pos_emb", False) or kwargs.get("rotary_xpos", False)
-    biases = [name for name in ("alibi_pos_bias", "rel_pos_bias") if kwargs.get(name)]
+    biases = [name for name in ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias") if kwargs.get(name)]
     if len(biases) > 1 or (rotary and biases):
         chosen = (["rotary_pos_emb"] if rotary else []) + biases
         raise ValueError(f"Choose one relative position scheme; got {chosen} together.")
-    fields["_relative"] = "rotary" if rotary else {"alibi_pos_bias": "alibi", "rel_pos_bias": "t5"}.get(
-        biases[0] if biases else "", None
-    )
+    fields["_relative"] = "rotary" if rotary else {
+        "alibi_pos_bias": "alibi", "rel_pos_bias": "t5", "dynamic_pos_bias": "dynamic"
+    }.get(biases[0] if biases else "", None)
     if rotary:
         fields["rotary_rotate_values"] = True  # Zeta 1.19 rotates values too
+        # Zeta: at least 32 rotated features per head, whatever was asked for
+        head_dim = kwargs.get("attn_dim_head", 64)
+        fields["rotary_emb_dim"] = max(kwargs.get("rotary_emb_dim") or head_dim // 2, 32)
 
     if kwargs.get("attn_one_kv_head"):
         if "attn_kv_heads" in kwargs:
@@ -119,6 +158,42 @@ def _translate_layers(kwargs: dict, causal: bool) -> dict:
         fields["ff_bias"] = False
     fields.setdefault("head_dim", 64)
     return fields
+
+
+def _block_pattern(kwargs: dict) -> list[str] | None:
+    """Zeta's `custom_layers`, `par_ratio` and `sandwich_coef` layouts as a readable list of layer kinds."""
+    custom, par_ratio, sandwich_coef = kwargs.get("custom_layers"), kwargs.get("par_ratio"), kwargs.get("sandwich_coef")
+    if custom is None and par_ratio is None and sandwich_coef is None:
+        return None
+    depth = kwargs["depth"]
+    if kwargs.get("cross_attend"):
+        block = ("c", "f") if kwargs.get("only_cross") else ("a", "c", "f")
+    else:
+        block = ("a", "f")
+    if kwargs.get("macaron"):
+        block = ("f",) + block
+    if custom is not None:
+        codes = tuple(custom)
+    elif par_ratio is not None:  # PAR transformer: attention concentrated in the first two thirds
+        par_depth = depth * len(block)
+        if not 1 < par_ratio <= par_depth:
+            raise ValueError(f"`par_ratio` must be in (1, {par_depth}], but got {par_ratio}.")
+        block = tuple(code for code in block if code != "f")
+        par_attn = par_depth // par_ratio
+        depth_cut = par_depth * 2 // 3
+        par_width = (depth_cut + depth_cut // par_attn) // par_attn
+        if len(block) > par_width:
+            raise ValueError(f"`par_ratio={par_ratio}` leaves no room for the attention block; use a smaller ratio.")
+        par_head = (block + ("f",) * (par_width - len(block))) * par_attn
+        codes = par_head + ("f",) * (par_depth - len(par_head))
+    else:
+        if not 0 < sandwich_coef <= depth:
+            raise ValueError(f"`sandwich_coef` must be in [1, depth={depth}], but got {sandwich_coef}.")
+        codes = ("a",) * sandwich_coef + block * (depth - sandwich_coef) + ("f",) * sandwich_coef
+    unknown = sorted(set(codes) - set(_LAYER_CODES))
+    if unknown:
+        raise ValueError(f"`custom_layers` entries must be 'a', 'c' or 'f', but got {unknown}.")
+    return [_LAYER_CODES[code] for code in codes]
 
 
 class AttentionLayers(nn.Module):
@@ -173,7 +248,7 @@ def config_from_zeta_kwargs(transformer_kwargs: dict, layers: AttentionLayers, *
     use_abs, sinu = kw.get("use_abs_pos_emb", True), kw.get("scaled_sinu_pos_emb", False)
     absolute = ("scaled_sinusoidal" if sinu else "learned") if use_abs else "none"
     if relative in ("rotary", "t5"):
-        absolute = "none"  # Zeta switches absolute positions off for these
+        absolute = "none"  # Zeta switches absolute positions off for these (not for ALiBi or dynamic bias)
     if relative is None:
         fields["position_embedding"] = {"learned": "absolute", "scaled_sinusoidal": "scaled_sinusoidal", "none": "none"}[absolute]
     else:
@@ -204,6 +279,12 @@ def config_from_zeta_kwargs(transformer_kwargs: dict, layers: AttentionLayers, *
     )
     fields.update(config_overrides)
     return ZetaConfig(**fields)
+
+
+FORWARD_OPTIONS = [
+    "return_embeddings", "return_logits_and_embeddings", "return_intermediates", "mask", "return_mems",
+    "return_attn", "mems", "pos", "prepend_embeds", "sum_embeds", "context", "context_mask",
+]
 
 
 @dataclass
@@ -250,10 +331,12 @@ class Transformer(nn.Module):
         pos: torch.Tensor | None = None,
         prepend_embeds: torch.Tensor | None = None,
         sum_embeds: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ):
         if kwargs:
-            _reject_unknown("Transformer.forward", kwargs, [])
+            _reject_unknown("Transformer.forward", kwargs, FORWARD_OPTIONS)
         want_attn = return_attn or return_intermediates
         previous = self.model.config._attn_implementation
         if want_attn and previous != "eager":
@@ -270,6 +353,8 @@ class Transformer(nn.Module):
                 pos=pos,
                 prepend_embeds=prepend_embeds,
                 sum_embeds=sum_embeds,
+                encoder_hidden_states=context,
+                encoder_attention_mask=context_mask,
             )
         finally:
             if want_attn and previous != "eager":
@@ -281,7 +366,9 @@ class Transformer(nn.Module):
         else:
             result = out.logits
         if return_intermediates:
-            return result, ZetaIntermediates(hiddens=out.mems, attn_maps=list(out.attentions), layer_hiddens=out.hidden_states)
+            return result, ZetaIntermediates(
+                hiddens=list(out.attention_inputs), attn_maps=list(out.attentions), layer_hiddens=out.hidden_states
+            )
         if return_mems:
             return result, out.mems
         if return_attn:
