@@ -1,8 +1,8 @@
 """Zeta / x-transformers 1.19 language model as a Hugging Face `PreTrainedModel`.
 
-Data flows top to bottom through this file: token ids -> `ZetaEmbeddings` (token + absolute position, prepend, project)
--> memory tokens -> `ZetaLayer`s (each one residual branch: `ZetaAttention` or `ZetaFeedForward`) -> final norm ->
-`lm_head`. Positions are explicit tensors along one "key axis" per sequence:
+Data flows top to bottom through this file: token ids -> `ZetaModel.embed` (token + absolute position, prepend,
+project) -> memory tokens -> `ZetaLayer`s (layers_zeta.py: each one residual branch, `ZetaAttention` or
+`ZetaFeedForward`) -> final norm -> a task head (`lm_head` for `ZetaForCausalLM`). Positions are explicit tensors along one "key axis" per sequence:
 
     [learned memory K/V slots | Transformer-XL mems | memory tokens | prepended embeddings | tokens]
 
@@ -20,12 +20,26 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from .configuration_zeta import ZetaConfig
+from .layers_zeta import (
+    ZetaAttention,
+    ZetaFeedForward,
+    ZetaGRUResidual,
+    ZetaLayer,
+    ZetaResidual,
+    ZetaRMSNorm,
+    ZetaScaleNorm,
+    make_norm,
+)
 from .positional_zeta import (
     ABSOLUTE_POSITION_CLASSES,
     ATTENTION_BIAS_CLASSES,
@@ -33,72 +47,8 @@ from .positional_zeta import (
     RotaryEmbedding,
     ScaledSinusoidalEmbedding,
     T5RelativePositionBias,
-    apply_rotary,
     l2norm,
 )
-
-# --------------------------------------------------------------------------------------------------------------------
-# Norms and activations, chosen by name
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class ZetaRMSNorm(nn.Module):
-    """Zeta's RMSNorm: `normalize(x) * sqrt(dim) * weight` (no epsilon)."""
-
-    def __init__(self, dim: int, eps: float = 0.0):
-        super().__init__()
-        self.scale = dim**0.5
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.weight
-
-
-class ZetaSimpleRMSNorm(nn.Module):
-    """RMSNorm without a learned gain."""
-
-    def __init__(self, dim: int, eps: float = 0.0):
-        super().__init__()
-        self.scale = dim**0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale
-
-
-class ZetaScaleNorm(nn.Module):
-    """ScaleNorm: `x / max(||x||, eps) * g` with one learned scalar `g` (initialised to `dim ** -0.5`)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(1) * dim**-0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps) * self.weight
-
-
-NORM_CLASSES = {"layernorm": nn.LayerNorm, "rmsnorm": ZetaRMSNorm, "scalenorm": ZetaScaleNorm, "simple_rmsnorm": ZetaSimpleRMSNorm}
-
-
-def make_norm(config: ZetaConfig, dim: int | None = None) -> nn.Module:
-    return NORM_CLASSES[config.norm](dim or config.hidden_size, eps=config.layer_norm_eps)
-
-
-class ReluSquared(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x) ** 2
-
-
-# name -> (activation class, gated linear unit)
-FF_ACTIVATION_CLASSES = {
-    "gelu": (nn.GELU, False),
-    "geglu": (nn.GELU, True),
-    "silu": (nn.SiLU, False),
-    "swiglu": (nn.SiLU, True),
-    "relu_squared": (ReluSquared, False),
-    "relu_squared_glu": (ReluSquared, True),
-}
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Output types
@@ -125,352 +75,6 @@ class ZetaCausalLMOutput(CausalLMOutputWithPast):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(b, kv_heads, n, d) -> (b, kv_heads * n_rep, n, d); query head h reads key/value head h // n_rep."""
-    if n_rep == 1:
-        return hidden_states
-    b, kv_heads, n, d = hidden_states.shape
-    return hidden_states[:, :, None].expand(b, kv_heads, n_rep, n, d).reshape(b, kv_heads * n_rep, n, d)
-
-
-def attention_scores(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    prev_scores: torch.Tensor | None = None,
-    position_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Pre-softmax scores (b, h, i, j), in Zeta's order: q k^T * scale, + previous layer's scores (residual
-    attention), talking heads, + additive bias/mask, sparse top-k."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if prev_scores is not None:
-        scores = scores + prev_scores
-    scores = module.pre_softmax_talking_heads(scores)
-    min_value = torch.finfo(scores.dtype).min
-    topk = module.sparse_topk
-    if topk is not None and module.sparse_topk_mode == "zeta_inverted" and topk < scores.shape[-1]:
-        # Zeta 1.19 ranks every key (future ones too) and drops the top k instead of keeping them.
-        ranked = scores if position_bias is None else scores + position_bias
-        scores = scores.masked_fill(ranked >= ranked.topk(topk, dim=-1).values[..., -1:], min_value)
-    if attention_mask is not None:
-        # clamp keeps masked entries finite (no -inf), so fully masked rows and residual attention never give NaN
-        scores = (scores + attention_mask).clamp(min=min_value)
-    if topk is not None and module.sparse_topk_mode == "top_k" and topk < scores.shape[-1]:
-        scores = scores.masked_fill(scores < scores.topk(topk, dim=-1).values[..., -1:], min_value)
-    return scores
-
-
-def attend(module: nn.Module, scores: torch.Tensor, value: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax (in float32) over keys, dropout, talking heads, weighted sum of values -> (b, i, h, d), weights."""
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    mixed = module.post_softmax_talking_heads(F.dropout(weights, p=dropout, training=module.training))
-    out = torch.matmul(mixed, repeat_kv(value, module.num_key_value_groups))  # (b, h, i, d)
-    return out.transpose(1, 2).contiguous(), weights
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference attention: every other implementation must agree with it."""
-    scores = attention_scores(module, query, key, attention_mask, scaling)
-    return attend(module, scores, value, dropout)
-
-
-class ZetaAttention(nn.Module):
-    """Multi-head attention (self or cross) with GQA, qk-norm, memory key/values, rotary, biases and Zeta's extras."""
-
-    def __init__(self, config: ZetaConfig, layer_idx: int | None, is_cross: bool = False):
-        super().__init__()
-        self.config = config
-        self.layer_idx = layer_idx  # index among self-attention layers: the KV cache slot
-        self.is_cross = is_cross
-        h, kvh, d, vd = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.value_dim
-        self.num_heads, self.num_kv_heads, self.head_dim, self.value_dim = h, kvh, d, vd
-        self.num_key_value_groups = h // kvh
-        self.is_causal = config.is_causal and not is_cross
-        self.qk_norm = config.qk_norm
-        self.qk_norm_groups = config.qk_norm_groups
-        self.scaling = config.qk_norm_scale if config.qk_norm else d**-0.5
-        self.rotate_values = config.rotary_rotate_values
-        self.attention_dropout = config.attention_dropout
-        self.sparse_topk, self.sparse_topk_mode = config.sparse_topk, config.sparse_topk_mode
-        self.add_zero_kv = config.add_zero_kv
-
-        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
-        # shared_kv: values are the (un-normalised, un-rotated) key projection
-        self.v_proj = None if config.shared_kv else nn.Linear(config.hidden_size, kvh * vd, bias=False)
-        # attention-on-attention: the output projection doubles and a GLU gates it
-        self.o_proj = nn.Linear(h * vd, config.hidden_size * (2 if config.attn_on_attn else 1), bias=False)
-        self.out_glu = nn.GLU() if config.attn_on_attn else nn.Identity()
-        self.v_gate = nn.Linear(config.hidden_size, h * vd) if config.gate_values else None  # AlphaFold2 value gating
-        self.head_scale = nn.Parameter(torch.ones(h)) if config.head_scale else None  # NormFormer head scaling
-        talking = config.talking_heads
-        self.pre_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
-        self.post_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
-        if config.qk_norm and config.qk_norm_dim_scale:
-            self.q_scale = nn.Parameter(torch.ones(d))
-            self.k_scale = nn.Parameter(torch.ones(d))
-        else:
-            self.q_scale = self.k_scale = None
-        if config.num_memory_kv > 0:
-            self.memory_k = nn.Parameter(torch.randn(kvh, config.num_memory_kv, d))
-            self.memory_v = nn.Parameter(torch.randn(kvh, config.num_memory_kv, vd))
-        else:
-            self.memory_k = self.memory_v = None
-
-    def normalize_qk(self, t: torch.Tensor, scale: torch.Tensor | None, groups: int | None = None) -> torch.Tensor:
-        if not self.qk_norm:
-            return t
-        t = l2norm(t, groups or self.qk_norm_groups)
-        return t * scale if scale is not None else t
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        rotary: tuple | None = None,
-        cache: Cache | None = None,
-        mem: torch.Tensor | None = None,
-        prefill: bool = True,
-        prev_scores: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
-        position_bias: torch.Tensor | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        b, n, _ = hidden_states.shape
-        if context is not None:
-            kv_input = context
-        else:  # XL memories join keys and values only, next to the normed input
-            kv_input = hidden_states if mem is None else torch.cat((mem, hidden_states), dim=1)
-        m = kv_input.shape[1]
-
-        query = self.q_proj(hidden_states).view(b, n, -1, self.head_dim).transpose(1, 2)  # (b, h, n, d)
-        key = self.k_proj(kv_input).view(b, m, -1, self.head_dim).transpose(1, 2)  # (b, kvh, m, d)
-        value = key if self.v_proj is None else self.v_proj(kv_input).view(b, m, -1, self.value_dim).transpose(1, 2)
-        query = self.normalize_qk(query, self.q_scale)
-        key = self.normalize_qk(key, self.k_scale)
-
-        if rotary is not None and context is None:
-            (q_cos, q_sin, q_scale), (k_cos, k_sin, k_scale) = rotary
-            query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0)
-            k_scale = 1.0 if k_scale is None else k_scale**-1.0
-            key = apply_rotary(key, k_cos, k_sin, k_scale)
-            if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
-                value = apply_rotary(value, k_cos, k_sin, k_scale)
-
-        if self.memory_k is not None and (prefill or self.is_cross):
-            # learned memory slots enter the key axis at prefill; afterwards they live in the cache
-            # Zeta normalises the memory keys over the whole head, whatever `qk_norm_groups` is
-            memory_k = self.normalize_qk(self.memory_k, self.k_scale, groups=1).expand(b, -1, -1, -1).to(key.dtype)
-            key = torch.cat((memory_k, key), dim=2)
-            value = torch.cat((self.memory_v.expand(b, -1, -1, -1).to(value.dtype), value), dim=2)
-
-        if cache is not None and not self.is_cross:
-            key, value = cache.update(key, value, self.layer_idx)
-        if self.add_zero_kv:  # a zero key/value in front lets a query attend to nothing
-            key, value = F.pad(key, (0, 0, 1, 0)), F.pad(value, (0, 0, 1, 0))
-
-        scores = None
-        dropout = self.attention_dropout if self.training else 0.0
-        if self.config.needs_attention_scores:
-            scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
-            attn_output, attn_weights = attend(self, scores, value, dropout)
-        else:
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
-            attn_output, attn_weights = attention_interface(
-                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
-                is_causal=self.is_causal and attention_mask is None and n > 1,
-            )
-        if self.head_scale is not None:
-            attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)
-        attn_output = attn_output.reshape(b, n, -1)  # (b, n, h * d)
-        if self.v_gate is not None:
-            attn_output = attn_output * self.v_gate(hidden_states).sigmoid()
-        return self.out_glu(self.o_proj(attn_output)), attn_weights, scores
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Feedforward
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class ZetaFeedForward(nn.Module):
-    """Linear -> activation (optionally gated: one fused projection chunked as value, gate) -> [LayerNorm] -> Linear."""
-
-    def __init__(self, config: ZetaConfig, layer_idx: int):
-        super().__init__()
-        inner = config.intermediate_size
-        activation, self.glu = FF_ACTIVATION_CLASSES[config.ff_activation]
-        # Zeta's GLU projection always has a bias; `ff_bias=False` (ff_no_bias) only reaches the plain path.
-        self.up_proj = nn.Linear(config.hidden_size, inner * 2 if self.glu else inner, bias=config.ff_bias or self.glu)
-        self.act = activation()
-        self.post_act_norm = nn.LayerNorm(inner) if config.ff_post_act_ln else nn.Identity()
-        self.dropout = nn.Dropout(config.ff_dropout)
-        self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.ff_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.glu:
-            x, gate = self.up_proj(x).chunk(2, dim=-1)
-            x = x * self.act(gate)
-        else:
-            x = self.act(self.up_proj(x))
-        return self.down_proj(self.dropout(self.post_act_norm(x)))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Residual connections and token shifting
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class ZetaResidual(nn.Module):
-    """`branch + residual * scale` (learned per-feature and/or constant scale; deepnorm sets both)."""
-
-    def __init__(self, config: ZetaConfig):
-        super().__init__()
-        deepnorm = config.norm_placement == "deepnorm"
-        self.residual_scale = nn.Parameter(torch.ones(config.hidden_size)) if (config.scale_residual or deepnorm) else None
-        self.constant = (2 * config.num_hidden_layers) ** 0.25 if deepnorm else config.scale_residual_constant
-
-    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if self.residual_scale is not None:
-            residual = residual * self.residual_scale
-        if self.constant != 1:
-            residual = residual * self.constant
-        return branch + residual
-
-
-class ZetaGRUResidual(nn.Module):
-    """Gated residual: a GRU cell whose input is the branch output and whose state is the residual stream."""
-
-    def __init__(self, config: ZetaConfig):
-        super().__init__()
-        self.gru = nn.GRUCell(config.hidden_size, config.hidden_size)
-        self.residual_scale = nn.Parameter(torch.ones(config.hidden_size)) if config.scale_residual else None
-
-    def forward(self, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if self.residual_scale is not None:
-            residual = residual * self.residual_scale
-        out = self.gru(branch.reshape(-1, branch.shape[-1]), residual.reshape(-1, residual.shape[-1]))  # (b * n, d)
-        return out.reshape_as(branch)
-
-
-RESIDUAL_CLASSES = {"add": ZetaResidual, "gru": ZetaGRUResidual}
-
-
-class ZetaTokenShift(nn.Module):
-    """Shift feature chunks along the sequence: chunk s of token t takes chunk s of token t - shifts[s].
-
-    With a cache, the last inputs of the previous call are kept in the cache (an extra cache layer per shifting
-    layer), so cached decoding equals the full forward.
-    """
-
-    def __init__(self, config: ZetaConfig, amount: int, cache_slot: int | None):
-        super().__init__()
-        low = 0 if config.is_causal else -amount
-        self.shifts = tuple(range(low, amount + 1))
-        self.max_shift = amount
-        self.cache_slot = cache_slot
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, cache: Cache | None) -> torch.Tensor:
-        n = x.shape[1]
-        if keep is not None:
-            x = x * keep  # padded positions pass on zeros, as at the start of a sequence
-        if cache is not None:
-            while len(cache.layers) <= self.cache_slot:
-                cache.layers.append(DynamicLayer())
-            layer = cache.layers[self.cache_slot]
-            past = layer.keys[:, 0, -self.max_shift:] if layer.is_initialized and layer.keys.numel() else None
-            cache.update(x[:, None], x[:, None, :, :0], self.cache_slot)  # keys (b, 1, n, d); no values
-            if past is not None:
-                x = torch.cat((past, x), dim=1)
-        chunks = x.split(x.shape[-1] // len(self.shifts), dim=-1)
-        shifted = [self.shift(chunk, amount) for chunk, amount in zip(chunks, self.shifts)]
-        return torch.cat((*shifted, *chunks[len(self.shifts):]), dim=-1)[:, -n:]
-
-    @staticmethod
-    def shift(t: torch.Tensor, amount: int) -> torch.Tensor:
-        if amount == 0:
-            return t
-        amount = max(min(amount, t.shape[1]), -t.shape[1])
-        return F.pad(t, (0, 0, amount, -amount))  # positive: from the past, negative: from the future
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# One residual layer: norm placement, branch, residual
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ZetaLayerOutput:
-    hidden_states: torch.Tensor
-    branch: torch.Tensor  # the branch output before the sandwich norm (resiDual accumulates it)
-    attn_weights: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-
-
-class ZetaLayer(GradientCheckpointingLayer):
-    """One residual branch (self-attention, cross-attention or feedforward) with its norms and residual."""
-
-    def __init__(self, config: ZetaConfig, layer_idx: int, kind: str, attn_idx: int | None = None,
-                 shift_slot: int | None = None):
-        super().__init__()
-        self.kind = kind
-        placement = config.norm_placement
-        self.pre_norm = make_norm(config) if placement in ("pre", "sandwich") else nn.Identity()
-        self.branch_norm = make_norm(config) if placement == "sandwich" else nn.Identity()
-        self.post_norm = make_norm(config) if placement in ("post", "resi_dual", "deepnorm") else nn.Identity()
-        amount = config.layer_shift_tokens[layer_idx]
-        self.shift_tokens = ZetaTokenShift(config, amount, shift_slot) if amount > 0 else None
-        self.self_attn = ZetaAttention(config, attn_idx) if kind == "attn" else None
-        self.cross_attn = ZetaAttention(config, None, is_cross=True) if kind == "cross" else None
-        self.mlp = ZetaFeedForward(config, layer_idx) if kind == "ff" else None
-        self.residual = RESIDUAL_CLASSES[config.residual_type](config)
-        # macaron: two half-weighted feedforwards around the attention
-        self.branch_scale = 0.5 if (config.macaron and kind == "ff") else 1.0
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        query_keep: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        **attn_kwargs,
-    ) -> ZetaLayerOutput:
-        weights = scores = None
-        h = self.pre_norm(hidden_states)
-        if self.shift_tokens is not None:
-            # Zeta masks shifted features only on the attention branches
-            h = self.shift_tokens(h, query_keep if self.mlp is None else None, cache)
-        if self.mlp is not None:
-            h = self.mlp(h)
-        else:
-            attention = self.self_attn if self.self_attn is not None else self.cross_attn
-            h, weights, scores = attention(h, attention_mask, cache=cache, **attn_kwargs)
-            if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
-                h = h * query_keep
-        branch = h * self.branch_scale
-        x = self.residual(self.branch_norm(branch), hidden_states)
-        return ZetaLayerOutput(self.post_norm(x), branch, weights, scores)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Pretrained base
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -494,6 +98,9 @@ class ZetaPreTrainedModel(PreTrainedModel):
             "AutoConfig": "configuration_zeta.ZetaConfig",
             "AutoModel": "modeling_zeta.ZetaModel",
             "AutoModelForCausalLM": "modeling_zeta.ZetaForCausalLM",
+            "AutoModelForMaskedLM": "modeling_zeta.ZetaForMaskedLM",
+            "AutoModelForSequenceClassification": "modeling_zeta.ZetaForSequenceClassification",
+            "AutoModelForTokenClassification": "modeling_zeta.ZetaForTokenClassification",
         }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -1096,4 +703,113 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["ZetaPreTrainedModel", "ZetaModel", "ZetaForCausalLM", "ZetaModelOutput", "ZetaCausalLMOutput"]
+class ZetaForMaskedLM(ZetaPreTrainedModel):
+    """An `Encoder` with its logits head, trained to fill in masked tokens (labels -100 are ignored)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__(config)
+        self.model = ZetaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> MaskedLMOutput | tuple:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                             **_model_kwargs(kwargs))
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                attentions=outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class ZetaForSequenceClassification(ZetaPreTrainedModel):
+    """Pooled hidden states (`classifier_pooling`: mean / first / last token or the first memory token) -> labels."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ZetaModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def pool(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden = outputs.last_hidden_state  # (b, n, d)
+        pooling = self.config.classifier_pooling
+        if pooling == "memory_token":
+            if outputs.memory_states is None:
+                raise ValueError("`classifier_pooling='memory_token'` needs `num_memory_tokens` > 0.")
+            return outputs.memory_states[:, 0]
+        keep = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask.float()
+        if pooling == "mean":
+            return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        index = torch.arange(hidden.shape[1], device=hidden.device)
+        # the first / last kept position of each row, so padding on either side is skipped
+        pick = torch.where(keep.bool(), index, hidden.shape[1] if pooling == "first" else -1)
+        position = pick.min(-1).values if pooling == "first" else pick.max(-1).values
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), position.clamp(0, hidden.shape[1] - 1)]
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> SequenceClassifierOutput | tuple:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                             **_model_kwargs(kwargs))
+        logits = self.score(self.dropout(self.pool(outputs, attention_mask)))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                          attentions=outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class ZetaForTokenClassification(ZetaPreTrainedModel):
+    """One label per token (labels -100 are ignored)."""
+
+    def __init__(self, config: ZetaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ZetaModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> TokenClassifierOutput | tuple:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                             **_model_kwargs(kwargs))
+        logits = self.score(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config, **kwargs)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+_MODEL_KWARGS = ("inputs_embeds", "position_ids", "output_attentions", "output_hidden_states", "mems", "output_mems",
+                 "pos", "sum_embeds", "prepend_embeds", "encoder_hidden_states", "encoder_attention_mask")
+
+
+def _model_kwargs(kwargs: dict) -> dict:
+    """The `ZetaModel` inputs among a head's kwargs; the rest (e.g. `num_items_in_batch`) is for the loss."""
+    return {key: kwargs.pop(key) for key in _MODEL_KWARGS if key in kwargs}
+
+
+__all__ = [
+    "ZetaPreTrainedModel",
+    "ZetaModel",
+    "ZetaForCausalLM",
+    "ZetaForMaskedLM",
+    "ZetaForSequenceClassification",
+    "ZetaForTokenClassification",
+    "ZetaModelOutput",
+    "ZetaCausalLMOutput",
+]
