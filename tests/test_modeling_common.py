@@ -2,7 +2,7 @@
 
 Every check compares numbers or tokens against an independent computation (a full forward, a manual loop, a fresh
 load), so each one can fail. Checks that do not apply to a variant are skipped through a capability of its config
-(`is_causal`, `supports_cache`), never through per-test lists.
+(`is_causal`, `supports_cache`, `padding_invariant`), never through per-test lists.
 """
 
 from __future__ import annotations
@@ -176,6 +176,11 @@ class ModelCheckMixin:
         if not config.supports_cache:
             pytest.skip("config.supports_cache is False")
 
+    @staticmethod
+    def require_padding_invariant(config: ZetaConfig) -> None:
+        if not config.padding_invariant:
+            pytest.skip("config.padding_invariant is False")
+
     def loss_and_grads(self, model, ids, labels, mems) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         loss = model(ids, labels=labels, mems=mems, use_cache=False).loss
@@ -208,9 +213,9 @@ class ModelCheckMixin:
         labels[0, 2] = labels[1, 4] = labels[1, 5] = -100
         with torch.no_grad():
             out = model(ids, labels=labels, mems=mems, use_cache=False)
-        assert out.logits.shape == (BATCH, SEQ, config.vocab_size)
+        assert out.logits.shape == (BATCH, SEQ, config.output_dim)
         assert torch.isfinite(out.logits).all()
-        shift_logits, shift_labels = out.logits[:, :-1].reshape(-1, config.vocab_size), labels[:, 1:].reshape(-1)
+        shift_logits, shift_labels = out.logits[:, :-1].reshape(-1, config.output_dim), labels[:, 1:].reshape(-1)
         keep = shift_labels != -100
         manual = F.cross_entropy(shift_logits[keep], shift_labels[keep])
         assert_close(out.loss, manual, 1e-6, "loss vs manual shifted cross-entropy")
@@ -343,6 +348,7 @@ class ModelCheckMixin:
 
     # ---- 7. left padding equals unpadded ----
     def test_left_padding_equals_unpadded(self, config):
+        self.require_padding_invariant(config)
         model = self.build(config)
         full, short = self.ids(config, 1, SEQ, seed=5), self.ids(config, 1, SEQ - 2, seed=6)
         batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
@@ -357,6 +363,7 @@ class ModelCheckMixin:
 
     def test_generate_left_padded_batch_equals_rows(self, config):
         self.require_causal(config)
+        self.require_padding_invariant(config)
         model = self.build(config)
         full, short = self.ids(config, 1, PROMPT, seed=5), self.ids(config, 1, PROMPT - 2, seed=6)
         batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
@@ -477,9 +484,9 @@ class ModelCheckMixin:
         ids, mems = self.ids(config), self.mems_for(config)
         with torch.no_grad():
             out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, use_cache=False)
-        prefix = config.num_memory_kv + (MEM_LEN if mems else 0) + config.num_memory_tokens
+        prefix = config.extra_key_slots + config.num_memory_kv + (MEM_LEN if mems else 0) + config.num_memory_tokens
         kv = prefix + SEQ
-        assert len(out.attentions) == config.num_attention_layers
+        assert len(out.attentions) == sum(kind != "ff" for kind in config.layer_pattern)
         for k, weights in enumerate(out.attentions):
             assert weights.shape == (BATCH, config.num_attention_heads, SEQ, kv), f"attentions[{k}]: {tuple(weights.shape)}"
             assert_close(weights.sum(-1), torch.ones(BATCH, config.num_attention_heads, SEQ), 1e-5, "attention row sums")

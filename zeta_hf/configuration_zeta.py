@@ -461,8 +461,10 @@ class ZetaConfig(PreTrainedConfig):
     @property
     def padding_invariant(self) -> bool:
         """Whether a left-padded row gives exactly the unpadded result. Token shifting reads the neighbouring
-        position, which is padding (or, in feedforward layers, an unmasked pad's features, as in Zeta)."""
-        return not any(self.layer_shift_tokens)
+        position, which is padding (or, in feedforward layers, an unmasked pad's features, as in Zeta); xpos with
+        value rotation centres its scale on the padded length."""
+        # xpos with value rotation centres its scale on the padded length
+        return not any(self.layer_shift_tokens) and not (self.rotary_xpos and self.rotary_rotate_values)
 
     @property
     def extra_key_slots(self) -> int:

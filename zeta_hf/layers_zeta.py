@@ -8,7 +8,6 @@ Each block is built from `(config, layer_idx)`; options that are off are `None` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -376,14 +375,6 @@ class ZetaTokenShift(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ZetaLayerOutput:
-    hidden_states: torch.Tensor
-    branch: torch.Tensor  # the branch output before the sandwich norm (resiDual accumulates it)
-    attn_weights: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-
-
 class ZetaLayer(GradientCheckpointingLayer):
     """One residual branch (self-attention, cross-attention or feedforward) with its norms and residual."""
 
@@ -409,9 +400,16 @@ class ZetaLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         query_keep: torch.Tensor | None = None,
+        prev_scores: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
         cache: Cache | None = None,
         **attn_kwargs,
-    ) -> ZetaLayerOutput:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> (hidden states, branch output before the sandwich norm (resiDual sums it), attention weights, scores).
+
+        Tensors that need gradients are positional and the result is a plain tuple, as reentrant activation
+        checkpointing requires.
+        """
         weights = scores = None
         h = self.pre_norm(hidden_states)
         if self.shift_tokens is not None:
@@ -421,9 +419,10 @@ class ZetaLayer(GradientCheckpointingLayer):
             h = self.mlp(h)
         else:
             attention = self.self_attn if self.self_attn is not None else self.cross_attn
-            h, weights, scores = attention(h, attention_mask, cache=cache, **attn_kwargs)
+            h, weights, scores = attention(h, attention_mask, cache=cache, prev_scores=prev_scores, context=context,
+                                           **attn_kwargs)
             if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
                 h = h * query_keep
         branch = h * self.branch_scale
         x = self.residual(self.branch_norm(branch), hidden_states)
-        return ZetaLayerOutput(self.post_norm(x), branch, weights, scores)
+        return self.post_norm(x), branch, weights, scores

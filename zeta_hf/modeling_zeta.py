@@ -529,20 +529,19 @@ class ZetaModel(ZetaPreTrainedModel):
             if layer.kind == "attn":
                 layer_inputs.append(x)
                 mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
-                out = layer(x, attn_bias, query_keep, cache, rotary=rotary, mem=mem, prefill=prefill,
-                            prev_scores=prev_scores, position_bias=raw_bias)
-                prev_scores = out.scores if cfg.residual_attn else None
+                x, branch, weights, scores = layer(x, attn_bias, query_keep, prev_scores, cache=cache, rotary=rotary,
+                                                   mem=mem, prefill=prefill, position_bias=raw_bias)
+                prev_scores = scores if cfg.residual_attn else None
             elif layer.kind == "cross":
-                out = layer(x, cross_mask, query_keep, cache, context=encoder_hidden_states,
-                            prev_scores=prev_cross_scores)
-                prev_cross_scores = out.scores if cfg.cross_residual_attn else None
+                x, branch, weights, scores = layer(x, cross_mask, query_keep, prev_cross_scores, encoder_hidden_states,
+                                                   cache=cache)
+                prev_cross_scores = scores if cfg.cross_residual_attn else None
             else:
-                out = layer(x, None, query_keep, cache)
-            x = out.hidden_states
+                x, branch, weights, _ = layer(x, None, query_keep, cache=cache)
             if outer_residual is not None:
-                outer_residual = outer_residual + out.branch * cfg.resi_dual_scale
+                outer_residual = outer_residual + branch * cfg.resi_dual_scale
             if output_attentions and layer.kind != "ff":
-                all_attn.append(None if out.attn_weights is None else out.attn_weights[:, :, n_mem_tok:])
+                all_attn.append(None if weights is None else weights[:, :, n_mem_tok:])
         x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
 
         new_mems = None

@@ -54,7 +54,7 @@ class ScaledSinusoidalEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         emb = position_ids.float()[..., None] * self.inv_freq  # (..., n, dim / 2)
-        return torch.cat((emb.sin(), emb.cos()), dim=-1) * self.scale
+        return (torch.cat((emb.sin(), emb.cos()), dim=-1) * self.scale).to(self.scale.dtype)
 
 
 class RotaryEmbedding(nn.Module):
