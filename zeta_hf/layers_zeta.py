@@ -167,6 +167,7 @@ class ZetaAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.sparse_topk, self.sparse_topk_mode = config.sparse_topk, config.sparse_topk_mode
         self.add_zero_kv = config.add_zero_kv
+        self.needs_scores = config.needs_attention_scores  # talking heads, sparse top-k, residual attention
 
         self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
@@ -245,7 +246,7 @@ class ZetaAttention(nn.Module):
 
         scores = None
         dropout = self.attention_dropout if self.training else 0.0
-        if self.config.needs_attention_scores:
+        if self.needs_scores:
             scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
             attn_output, attn_weights = attend(self, scores, value, dropout)
         else:

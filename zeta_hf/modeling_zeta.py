@@ -91,7 +91,18 @@ class ZetaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = False
     _can_compile_fullgraph = False
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, atomically: a save killed midway leaves the previous model loadable.
+
+        Everything is written into a hidden sibling folder first, then moved into place: one rename for a new folder,
+        one rename per file into an existing one (it may hold other files: a tokenizer, a card, Trainer checkpoints).
+        Weight files move first and a stale weights file is deleted only once the new ones are complete.
+        """
+        import os
+        import re
+        import shutil
+        import tempfile
+
         # transformers only lists the saved class in `auto_map`; list all three so `AutoModel` works remotely too.
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
@@ -102,7 +113,50 @@ class ZetaPreTrainedModel(PreTrainedModel):
             "AutoModelForSequenceClassification": "modeling_zeta.ZetaForSequenceClassification",
             "AutoModelForTokenClassification": "modeling_zeta.ZetaForTokenClassification",
         }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        target = os.path.abspath(os.fspath(save_directory))
+        if not is_main_process or os.path.isfile(target) or getattr(self, "_tp_size", None):
+            # other ranks, tensor parallelism, and the "not a folder" error: transformers' own behaviour
+            return super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if kwargs.get("push_to_hub"):  # the Hub repository is named after the folder asked for, not the scratch one
+            kwargs.setdefault("repo_id", os.fspath(save_directory).split(os.path.sep)[-1])
+        parent, name = os.path.split(target)
+        os.makedirs(parent, exist_ok=True)
+        for stale in os.listdir(parent):  # left by a save of this folder that was killed
+            if stale.startswith(f".{name}.saving-"):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+        scratch = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)  # same file system: renames are atomic
+        try:
+            result = super().save_pretrained(scratch, *args, **kwargs)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(scratch, 0o777 & ~umask)  # mkdtemp's folder is private; a saved model folder is not
+            if not os.path.isdir(target) or not os.listdir(target):
+                if os.path.isdir(target):
+                    os.rmdir(target)
+                os.replace(scratch, target)
+                return result
+            weights = re.compile(r"model(\.[^.-]+)?(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+            def order(entry: str) -> tuple[int, str]:  # shards, then the index, then the rest, config.json last
+                match = weights.fullmatch(entry)
+                return (1 if match.group(3) else 0) if match else (3 if entry == "config.json" else 2), entry
+
+            new = sorted(os.listdir(scratch), key=order)
+            for entry in [e for e in new if order(e)[0] < 2]:
+                os.replace(os.path.join(scratch, entry), os.path.join(target, entry))
+            variants = {weights.fullmatch(e).group(1) for e in new if order(e)[0] < 2}
+            for entry in os.listdir(target):  # an earlier save's other shards (or single file) would shadow the new ones
+                match = weights.fullmatch(entry)
+                if match and match.group(1) in variants and entry not in new and os.path.isfile(os.path.join(target, entry)):
+                    os.remove(os.path.join(target, entry))
+            for entry in [e for e in new if order(e)[0] >= 2]:
+                destination = os.path.join(target, entry)
+                if os.path.isdir(destination) and not os.path.islink(destination):
+                    shutil.rmtree(destination)
+                os.replace(os.path.join(scratch, entry), destination)
+            return result
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots."""
@@ -260,6 +314,10 @@ class ZetaModel(ZetaPreTrainedModel):
         has_final_norm = config.norm_placement in ("pre", "sandwich", "resi_dual")
         self.norm = make_norm(config) if has_final_norm else nn.Identity()
         self.gradient_checkpointing = False
+        # architecture facts read on every forward, derived once (config properties are slow to evaluate)
+        self.supports_cache = config.supports_cache
+        self.needs_attention_scores = config.needs_attention_scores
+        self.has_cross_attention = "cross" in config.layer_pattern
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -384,7 +442,7 @@ class ZetaModel(ZetaPreTrainedModel):
 
     @property
     def _eager_like(self) -> bool:
-        return self.config._attn_implementation != "sdpa" or self.config.needs_attention_scores
+        return self.config._attn_implementation != "sdpa" or self.needs_attention_scores
 
     # ---- embeddings ----
     def embed(
@@ -447,9 +505,9 @@ class ZetaModel(ZetaPreTrainedModel):
             cache = kwargs.pop("past_key_values")
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else (cfg.use_cache and cfg.supports_cache and not self.training)
+        use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
         self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
-        if use_cache and not cfg.supports_cache:
+        if use_cache and not self.supports_cache:
             raise ValueError(
                 "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
                 "`rotary_rotate_values`): pass `use_cache=False`."
@@ -570,7 +628,7 @@ class ZetaModel(ZetaPreTrainedModel):
     def _cross_attention_mask(self, context: torch.Tensor | None, context_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
         """Additive mask (b, 1, 1, m) over the encoder states (plus memory slots in front), or None."""
         cfg = self.config
-        if "cross" not in cfg.layer_pattern:
+        if not self.has_cross_attention:
             if context is not None:
                 raise ValueError("`encoder_hidden_states` was passed, but this model has no cross-attention layers.")
             return None
