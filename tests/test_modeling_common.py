@@ -2,7 +2,8 @@
 
 Every check compares numbers or tokens against an independent computation (a full forward, a manual loop, a fresh
 load), so each one can fail. Checks that do not apply to a variant are skipped through a capability of its config
-(`is_causal`, `supports_cache`, `padding_invariant`), never through per-test lists.
+(`is_causal`, `supports_cache`, `padding_invariant`), never through per-test lists; inputs a variant needs (encoder
+states for cross-attention layers, mems for XL variants) come from helpers that read the config.
 """
 
 from __future__ import annotations
@@ -58,6 +59,34 @@ VARIANTS = [
     dict(position_embedding="none", norm="scalenorm", norm_placement="sandwich", ff_activation="geglu",
          num_key_value_heads=1, embedding_dim=48, **XL),
     dict(position_embedding="rotary", is_causal=False),
+    # Zeta's remaining options: each one at least once with memory tokens and once with XL mems
+    dict(position_embedding="dynamic", dynamic_pos_bias_log_distance=True, dynamic_pos_bias_norm=True,
+         dynamic_pos_bias_mlp_depth=3, talking_heads=True, head_scale=True, scale_residual=True, **MEM),
+    dict(position_embedding="dynamic", dynamic_pos_bias_mlp_depth=1, gate_values=True, attn_on_attn=True,
+         num_key_value_heads=2, num_memory_kv=1, **XL),
+    dict(position_embedding="alibi", talking_heads=True, head_scale=True, sparse_topk=3, add_zero_kv=True, **XL),
+    dict(position_embedding="rotary", head_scale=True, gate_values=True, attn_on_attn=True, value_head_dim=16,
+         num_key_value_heads=2, max_attend_past=3, **MEM),
+    dict(position_embedding="t5", add_zero_kv=True, value_head_dim=48, max_attend_past=4, **XL),
+    dict(position_embedding="rotary", rotary_rotate_values=True, shared_kv=True, add_zero_kv=True, sparse_topk=4,
+         **MEM),
+    dict(shared_kv=True, residual_type="gru", scale_residual=True, layer_dropout=0.2, **XL),
+    dict(shift_tokens=2, norm_placement="deepnorm", zero_init_attn_output=True, zero_init_ff_output=True,
+         layer_dropout=0.2, **MEM),
+    dict(position_embedding="rotary", shift_tokens=[1, 0, 2, 1], norm_placement="resi_dual", resi_dual_scale=0.5,
+         scale_residual_constant=0.7, zero_init_attn_output=True, zero_init_ff_output=True, **XL),
+    dict(position_embedding="alibi", shift_tokens=[0, 1, 1, 0], norm_placement="resi_dual", residual_type="gru",
+         scale_residual_constant=1.5, **MEM),
+    dict(block_pattern=["attn", "attn", "ff", "attn", "ff", "ff"], shift_tokens=1, norm_placement="deepnorm",
+         residual_type="gru", **MEM, **XL),
+    dict(position_embedding="t5", sparse_topk=3, sparse_topk_mode="zeta_inverted", **MEM, **XL),  # not cacheable
+    dict(cross_attend=True, cross_residual_attn=True, num_memory_kv=2, position_embedding="rotary", **MEM),
+    dict(cross_attend=True, block_pattern=["attn", "cross", "ff", "cross", "ff"], add_zero_kv=True, talking_heads=True,
+         **XL),
+    # (memory tokens would be inert here: without self-attention no other position reads them)
+    dict(cross_attend=True, only_cross=True, gate_values=True, num_memory_kv=1),
+    dict(cross_attend=True, is_causal=False, position_embedding="dynamic", shift_tokens=1, max_attend_past=2,
+         sparse_topk=3, **MEM),
 ]
 
 
@@ -74,10 +103,24 @@ def variant_id(overrides: dict) -> str:
         tags.append(f"heads{o['alibi_num_heads']}")
     if o.get("absolute_position_embedding"):
         tags.append(f"abs{o['absolute_position_embedding']}")
+    if o.get("dynamic_pos_bias_log_distance"):
+        tags.append("log")
+    if o.get("dynamic_pos_bias_norm"):
+        tags.append("dnorm")
+    if pos == "dynamic" and "dynamic_pos_bias_mlp_depth" in o:
+        tags.append(f"mlp{o['dynamic_pos_bias_mlp_depth']}")
+    if o.get("block_pattern"):
+        tags.append("pattern-" + "".join(kind[0] for kind in o["block_pattern"]))
+    if o.get("only_cross"):
+        tags.append("onlycross")
+    elif o.get("cross_attend"):
+        tags.append("cross")
+    if o.get("cross_residual_attn"):
+        tags.append("crossresattn")
     if o.get("norm", "layernorm") != "layernorm":
         tags.append(o["norm"].replace("_", ""))
     if o.get("norm_placement", "pre") != "pre":
-        tags.append(o["norm_placement"])
+        tags.append({"resi_dual": "resdual"}.get(o["norm_placement"], o["norm_placement"]))
     if o.get("ff_activation", "gelu") != "gelu":
         tags.append(o["ff_activation"].replace("_", ""))
     if o.get("ff_post_act_ln"):
@@ -88,9 +131,30 @@ def variant_id(overrides: dict) -> str:
     if o.get("qk_norm"):
         tags.append("qknorm" + (f"g{o['qk_norm_groups']}" if o.get("qk_norm_groups", 1) > 1 else "")
                     + ("scale" if o.get("qk_norm_dim_scale") else ""))
-    for flag in ("macaron", "residual_attn"):
+    flags = ("macaron", "residual_attn", "talking_heads", "head_scale", "gate_values", "attn_on_attn", "add_zero_kv",
+             "shared_kv", "scale_residual")
+    for flag in flags:
         if o.get(flag):
             tags.append(flag.replace("_", ""))
+    if o.get("value_head_dim"):
+        tags.append(f"vdim{o['value_head_dim']}")
+    if o.get("max_attend_past") is not None:
+        tags.append(f"window{o['max_attend_past']}")
+    if o.get("sparse_topk"):
+        tags.append(f"topk{o['sparse_topk']}" + ("inv" if o.get("sparse_topk_mode") == "zeta_inverted" else ""))
+    shift = o.get("shift_tokens")
+    if shift:
+        tags.append("shift" + ("".join(map(str, shift)) if isinstance(shift, list) else str(shift)))
+    if o.get("residual_type", "add") != "add":
+        tags.append(o["residual_type"])
+    if o.get("scale_residual_constant"):
+        tags.append(f"rconst{o['scale_residual_constant']}")
+    if o.get("resi_dual_scale"):
+        tags.append(f"rdscale{o['resi_dual_scale']}")
+    if o.get("layer_dropout"):
+        tags.append(f"layerdrop{o['layer_dropout']}")
+    if o.get("zero_init_attn_output") or o.get("zero_init_ff_output"):
+        tags.append("zeroinit")
     if o.get("num_memory_kv"):
         tags.append(f"memkv{o['num_memory_kv']}")
     if o.get("embedding_dim"):
@@ -109,7 +173,7 @@ def variant_id(overrides: dict) -> str:
 assert len({variant_id(v) for v in VARIANTS}) == len(VARIANTS), "variant ids must be unique"
 
 # Sizes of the inputs the checks feed: few tokens keep the whole file fast.
-BATCH, SEQ, PROMPT, NEW_TOKENS, MEM_LEN = 2, 7, 5, 6, 4
+BATCH, SEQ, PROMPT, NEW_TOKENS, MEM_LEN, ENC_LEN = 2, 7, 5, 6, 4, 5
 GEN = dict(max_new_tokens=NEW_TOKENS, pad_token_id=0)
 
 
@@ -142,6 +206,7 @@ class ModelCheckMixin:
     def build(self, config: ZetaConfig, attn_implementation: str | None = None, seed: int = 0):
         torch.manual_seed(seed)
         model = self.model_class(config).eval()
+        self.unzero(model)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
             assert model.config._attn_implementation == attn_implementation
@@ -167,6 +232,33 @@ class ModelCheckMixin:
         return None if mems is None else [m[i : i + 1] for m in mems]
 
     @staticmethod
+    def encoder_inputs(config: ZetaConfig, batch: int = BATCH, seed: int = 3) -> dict[str, torch.Tensor]:
+        """Variants with cross-attention layers run every check with encoder states (the same ones on every call) and
+        an encoder mask that hides the last encoder position of row 0; other variants get no extra inputs."""
+        if "cross" not in config.layer_pattern:
+            return {}
+        g = torch.Generator().manual_seed(seed)
+        states = torch.randn(batch, ENC_LEN, config.hidden_size, generator=g)
+        mask = torch.ones(batch, ENC_LEN, dtype=torch.long)
+        mask[0, -1] = 0
+        return {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+
+    @staticmethod
+    def input_rows(inputs: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[i : i + 1] for name, tensor in inputs.items()}
+
+    @staticmethod
+    def unzero(model) -> None:
+        """Give tensors that start at exactly zero (Zeta's zero-initialised branch outputs) a small random value: a zero
+        output projection hides its branch from every check (and blocks the gradients before it); the checks are about
+        the computation, not the init (test_parity_xtransformers checks the init)."""
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.numel() > 1 and not param.any():
+                    param.copy_(0.02 * torch.randn(param.shape, generator=g))
+
+    @staticmethod
     def require_causal(config: ZetaConfig) -> None:
         if not config.is_causal:
             pytest.skip("generation and incremental decoding need a causal model (config.is_causal=False)")
@@ -177,42 +269,48 @@ class ModelCheckMixin:
             pytest.skip("config.supports_cache is False")
 
     @staticmethod
+    def require_continuous(config: ZetaConfig) -> None:
+        if config.sparse_topk is not None:
+            pytest.skip("sparse top-k picks keys by rank: a rounding change can flip a pick, so low precision is not "
+                        "close to float32 (config.sparse_topk is set)")
+
+    @staticmethod
     def require_padding_invariant(config: ZetaConfig) -> None:
         if not config.padding_invariant:
             pytest.skip("config.padding_invariant is False")
 
-    def loss_and_grads(self, model, ids, labels, mems) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_and_grads(self, model, ids, labels, mems, **inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
-        loss = model(ids, labels=labels, mems=mems, use_cache=False).loss
+        loss = model(ids, labels=labels, mems=mems, use_cache=False, **inputs).loss
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     @staticmethod
-    def temperature_for(model, ids: torch.Tensor) -> float:
+    def temperature_for(model, ids: torch.Tensor, **inputs) -> float:
         """A sampling temperature that brings the top-2 logit gap to at most 1, so top-p keeps several tokens: at
         initialisation tied-embedding variants predict the last token again with a gap of ~40 logits."""
         with torch.no_grad():
-            top2 = model(ids, use_cache=False).logits[:, -1].topk(2, dim=-1).values
+            top2 = model(ids, use_cache=False, **inputs).logits[:, -1].topk(2, dim=-1).values
         return max(1.0, (top2[:, 0] - top2[:, 1]).max().item())
 
     @staticmethod
-    def greedy_loop(model, ids, mems=None, steps: int = NEW_TOKENS) -> torch.Tensor:
+    def greedy_loop(model, ids, mems=None, steps: int = NEW_TOKENS, **inputs) -> torch.Tensor:
         """Greedy decoding by hand: a full, uncached forward per new token."""
         seq = ids
         with torch.no_grad():
             for _ in range(steps):
-                logits = model(seq, mems=mems, use_cache=False).logits[:, -1]
+                logits = model(seq, mems=mems, use_cache=False, **inputs).logits[:, -1]
                 seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
         return seq
 
     # ---- 1. forward shapes and loss ----
     def test_forward_shapes_and_loss(self, config):
         model = self.build(config)
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         labels = ids.clone()
         labels[0, 2] = labels[1, 4] = labels[1, 5] = -100
         with torch.no_grad():
-            out = model(ids, labels=labels, mems=mems, use_cache=False)
+            out = model(ids, labels=labels, mems=mems, use_cache=False, **enc)
         assert out.logits.shape == (BATCH, SEQ, config.output_dim)
         assert torch.isfinite(out.logits).all()
         shift_logits, shift_labels = out.logits[:, :-1].reshape(-1, config.output_dim), labels[:, 1:].reshape(-1)
@@ -227,9 +325,9 @@ class ModelCheckMixin:
     def test_save_load_round_trip(self, config, tmp_path):
         model = self.build(config)
         model.save_pretrained(tmp_path)
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            expected = model(ids, mems=mems, use_cache=False).logits
+            expected = model(ids, mems=mems, use_cache=False, **enc).logits
         reference = model.state_dict()
         for loader in (self.model_class, AutoModelForCausalLM):
             loaded = loader.from_pretrained(tmp_path).eval()
@@ -239,7 +337,7 @@ class ModelCheckMixin:
             for name, tensor in reference.items():
                 assert torch.equal(state[name], tensor), f"{loader.__name__}: {name} changed in the round trip"
             with torch.no_grad():
-                logits = loaded(ids, mems=mems, use_cache=False).logits
+                logits = loaded(ids, mems=mems, use_cache=False, **enc).logits
             assert torch.equal(logits, expected), f"{loader.__name__}: logits changed in the round trip"
 
     def test_config_json_round_trip(self, config, tmp_path):
@@ -254,25 +352,25 @@ class ModelCheckMixin:
     def test_generate_greedy_cached_equals_uncached(self, config):
         self.require_causal(config)
         model = self.build(config)
-        ids = self.ids(config, length=PROMPT)
-        expected = self.greedy_loop(model, ids)
-        uncached = model.generate(ids, do_sample=False, use_cache=False, **GEN)
+        ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
+        expected = self.greedy_loop(model, ids, **enc)
+        uncached = model.generate(ids, do_sample=False, use_cache=False, **enc, **GEN)
         assert_tokens_equal(uncached, expected, "uncached greedy generate vs manual greedy loop")
         self.require_cache(config)
-        cached = model.generate(ids, do_sample=False, use_cache=True, **GEN)
+        cached = model.generate(ids, do_sample=False, use_cache=True, **enc, **GEN)
         assert_tokens_equal(cached, expected, "cached greedy generate vs manual greedy loop")
 
     def test_generate_sample_cached_equals_uncached(self, config):
         self.require_causal(config)
         self.require_cache(config)
         model = self.build(config)
-        ids = self.ids(config, length=PROMPT)
-        outputs, temperature = {}, self.temperature_for(model, ids)
+        ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
+        outputs, temperature = {}, self.temperature_for(model, ids, **enc)
         for seed in (3, 4):
             for use_cache in (True, False):
                 torch.manual_seed(seed)
                 outputs[seed, use_cache] = model.generate(
-                    ids, do_sample=True, temperature=temperature, top_k=20, top_p=0.9, use_cache=use_cache, **GEN
+                    ids, do_sample=True, temperature=temperature, top_k=20, top_p=0.9, use_cache=use_cache, **enc, **GEN
                 )
             assert_tokens_equal(outputs[seed, True], outputs[seed, False], f"sampling (seed {seed}) cached vs uncached")
         assert not torch.equal(outputs[3, True], outputs[4, True]), "sampling ignored the seed"
@@ -281,9 +379,9 @@ class ModelCheckMixin:
         self.require_causal(config)
         self.require_cache(config)
         model = self.build(config)
-        ids = self.ids(config, length=PROMPT)
-        cached = model.generate(ids, num_beams=3, do_sample=False, use_cache=True, **GEN)
-        uncached = model.generate(ids, num_beams=3, do_sample=False, use_cache=False, **GEN)
+        ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
+        cached = model.generate(ids, num_beams=3, do_sample=False, use_cache=True, **enc, **GEN)
+        uncached = model.generate(ids, num_beams=3, do_sample=False, use_cache=False, **enc, **GEN)
         assert cached.shape == (BATCH, PROMPT + NEW_TOKENS)
         assert_tokens_equal(cached, uncached, "beam search cached vs uncached")
 
@@ -293,15 +391,15 @@ class ModelCheckMixin:
         self.require_causal(config)
         self.require_cache(config)
         model = self.build(config, attn_implementation)
-        ids, mems = self.ids(config, length=9), self.mems_for(config)
+        ids, mems, enc = self.ids(config, length=9), self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            full = model(ids, mems=mems, use_cache=False).logits
+            full = model(ids, mems=mems, use_cache=False, **enc).logits
             cache = DynamicCache()
             # prefix of 4, then one token at a time, then a chunk of 3
             steps = [(0, 4), (4, 5), (5, 6), (6, 9)]
             parts = []
             for start, end in steps:
-                out = model(ids[:, start:end], cache=cache, use_cache=True, mems=mems if start == 0 else None)
+                out = model(ids[:, start:end], cache=cache, use_cache=True, mems=mems if start == 0 else None, **enc)
                 assert out.cache is cache
                 parts.append(out.logits)
         assert_close(torch.cat(parts, dim=1), full, 1e-5, "incremental vs full forward logits", relative=True)
@@ -309,24 +407,25 @@ class ModelCheckMixin:
     # ---- 5. gradients reach every parameter ----
     def test_gradients_reach_every_parameter(self, config):
         model = self.build(config).train()
-        ids, mems = self.ids(config), self.mems_for(config)
-        _, grads = self.loss_and_grads(model, ids, ids, mems)
-        problems = []
-        for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            grad = grads.get(name)
-            if grad is None:
-                problems.append(f"{name}: no grad")
-            elif not torch.isfinite(grad).all():
-                problems.append(f"{name}: non-finite grad")
-            elif not grad.abs().sum() > 0:
-                problems.append(f"{name}: all-zero grad")
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
+        trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+        reached, problems = set(), []
+        # stochastic depth (`layer_dropout`) skips random layers in a training step: a few steps reach them all
+        for _ in range(6 if config.layer_dropout else 1):
+            _, grads = self.loss_and_grads(model, ids, ids, mems, **enc)
+            for name, grad in grads.items():
+                if not torch.isfinite(grad).all():
+                    problems.append(f"{name}: non-finite grad")
+                elif grad.abs().sum() > 0:
+                    reached.add(name)
+            if reached.issuperset(trainable):
+                break
+        problems += [f"{name}: no (non-zero) grad" for name in trainable if name not in reached]
         assert not problems, "; ".join(problems)
 
     # ---- 6. eager equals sdpa ----
     def test_eager_equals_sdpa(self, config, monkeypatch):
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         mask = torch.ones_like(ids)
         mask[1, :2] = 0  # one left-padded row exercises the float-bias path of both implementations
         calls = []
@@ -336,8 +435,8 @@ class ModelCheckMixin:
         for impl in ("eager", "sdpa"):
             model = self.build(config, impl)
             with torch.no_grad():
-                logits[impl] = model(ids, mems=mems, use_cache=False).logits
-                logits[impl, "masked"] = model(ids, attention_mask=mask, mems=mems, use_cache=False).logits
+                logits[impl] = model(ids, mems=mems, use_cache=False, **enc).logits
+                logits[impl, "masked"] = model(ids, attention_mask=mask, mems=mems, use_cache=False, **enc).logits
             if impl == "eager":
                 assert not calls, "eager model called the sdpa attention"
         if not config.needs_attention_scores:
@@ -353,11 +452,11 @@ class ModelCheckMixin:
         full, short = self.ids(config, 1, SEQ, seed=5), self.ids(config, 1, SEQ - 2, seed=6)
         batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
         mask = (torch.arange(SEQ)[None] >= torch.tensor([[0], [2]])).long()
-        mems = self.mems_for(config)
+        mems, enc = self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            padded = model(batch, attention_mask=mask, mems=mems, use_cache=False).logits
-            alone_full = model(full, mems=self.rows(mems, 0), use_cache=False).logits
-            alone_short = model(short, mems=self.rows(mems, 1), use_cache=False).logits
+            padded = model(batch, attention_mask=mask, mems=mems, use_cache=False, **enc).logits
+            alone_full = model(full, mems=self.rows(mems, 0), use_cache=False, **self.input_rows(enc, 0)).logits
+            alone_short = model(short, mems=self.rows(mems, 1), use_cache=False, **self.input_rows(enc, 1)).logits
         assert_close(padded[0], alone_full[0], 1e-5, "unpadded row in a padded batch", relative=True)
         assert_close(padded[1, 2:], alone_short[0], 1e-5, "left-padded row vs the row alone", relative=True)
 
@@ -368,31 +467,40 @@ class ModelCheckMixin:
         full, short = self.ids(config, 1, PROMPT, seed=5), self.ids(config, 1, PROMPT - 2, seed=6)
         batch = torch.cat((full, F.pad(short, (2, 0), value=0)), dim=0)
         mask = (torch.arange(PROMPT)[None] >= torch.tensor([[0], [2]])).long()
-        mems = self.mems_for(config)
+        mems, enc = self.mems_for(config), self.encoder_inputs(config)
         use_cache = config.supports_cache
         extra = {} if mems is None else {"mems": mems}
-        gen = model.generate(batch, attention_mask=mask, do_sample=False, use_cache=use_cache, **extra, **GEN)
+        gen = model.generate(batch, attention_mask=mask, do_sample=False, use_cache=use_cache, **extra, **enc, **GEN)
         for i, row in enumerate((full, short)):
             extra = {} if mems is None else {"mems": self.rows(mems, i)}
-            alone = model.generate(row, do_sample=False, use_cache=use_cache, **extra, **GEN)
+            alone = model.generate(row, do_sample=False, use_cache=use_cache, **extra, **self.input_rows(enc, i), **GEN)
             assert_tokens_equal(gen[i : i + 1, PROMPT:], alone[:, row.shape[1] :], f"row {i}: padded batch vs alone")
 
     # ---- 8. activation checkpointing ----
     @pytest.mark.parametrize("use_reentrant", [False, True], ids=["nonreentrant", "reentrant"])
     def test_activation_checkpointing_equal(self, config, use_reentrant):
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
+
+        def count_branch_calls(model) -> list:
+            calls = []
+            for layer in model.model.layers:
+                branch = layer.self_attn or layer.cross_attn or layer.mlp
+                branch.register_forward_pre_hook(lambda module, args: calls.append(module))
+            return calls
+
+        # both models start from the same random state, so stochastic depth (`layer_dropout`) drops the same layers
         plain = self.build(config).train()
-        loss, grads = self.loss_and_grads(plain, ids, ids, mems)
+        plain_calls = count_branch_calls(plain)
+        loss, grads = self.loss_and_grads(plain, ids, ids, mems, **enc)
 
         model = self.build(config).train()
         model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
-        branches = [layer.self_attn or layer.mlp for layer in model.model.layers]
-        calls = []
-        for branch in branches:
-            branch.register_forward_pre_hook(lambda module, args: calls.append(module))
-        ckpt_loss, ckpt_grads = self.loss_and_grads(model, ids, ids, mems)
-        # the backward pass recomputed every layer: each branch ran twice
-        assert len(calls) == 2 * len(branches), f"{len(calls)} branch calls for {len(branches)} checkpointed layers"
+        calls = count_branch_calls(model)
+        ckpt_loss, ckpt_grads = self.loss_and_grads(model, ids, ids, mems, **enc)
+        # the backward pass recomputed every layer that ran: each of those branches ran twice
+        assert plain_calls and len(calls) == 2 * len(plain_calls), (
+            f"{len(calls)} branch calls for {len(plain_calls)} checkpointed layers"
+        )
         assert_close(ckpt_loss, loss, 1e-6, "loss with checkpointing")
         assert ckpt_grads.keys() == grads.keys(), f"parameters with grads differ: {set(grads) ^ set(ckpt_grads)}"
         for name in grads:
@@ -402,12 +510,18 @@ class ModelCheckMixin:
     def test_xl_mems(self, config):
         model = self.build(config)
         seg1, seg2 = self.ids(config, seed=7), self.ids(config, seed=8)
+        enc = self.encoder_inputs(config)
         max_len = config.max_mem_len or float("inf")
         attn_layers = [i for i, kind in enumerate(config.layer_pattern) if kind == "attn"]
         with torch.no_grad():
-            out1 = model(seg1, output_mems=True, output_hidden_states=True, use_cache=False)
+            out1 = model(seg1, output_mems=True, output_hidden_states=True, use_cache=False, **enc)
             mems = out1.mems
             assert isinstance(mems, list) and len(mems) == config.num_attention_layers
+            if not attn_layers:  # no self-attention to read them (only_cross): an empty list that can be fed back
+                fed_back = model(seg2, mems=mems, output_mems=True, use_cache=False, **enc)
+                assert fed_back.mems == []
+                assert_close(fed_back.logits, model(seg2, use_cache=False, **enc).logits, 0.0, "logits with empty mems")
+                return
             expected_len = min(max_len, config.num_memory_tokens + SEQ)
             for k, (mem, layer) in enumerate(zip(mems, attn_layers)):
                 assert mem.shape == (BATCH, expected_len, config.hidden_size), f"mems[{k}]: {tuple(mem.shape)}"
@@ -415,50 +529,51 @@ class ModelCheckMixin:
                 # the newest rows are the tokens' input to that attention layer
                 assert_close(mem[:, -SEQ:], out1.hidden_states[layer][:, -min(SEQ, expected_len):], 0.0, f"mems[{k}] values")
 
-            out2 = model(seg2, mems=mems, output_mems=True, use_cache=False)
+            out2 = model(seg2, mems=mems, output_mems=True, use_cache=False, **enc)
             expected_len2 = min(max_len, expected_len + config.num_memory_tokens + SEQ)
             assert all(m.shape == (BATCH, expected_len2, config.hidden_size) for m in out2.mems)
             if expected_len2 > config.num_memory_tokens + SEQ:  # the oldest memory rows carry over
                 keep = expected_len2 - config.num_memory_tokens - SEQ
                 assert_close(out2.mems[0][:, :keep], mems[0][:, -keep:], 0.0, "carried-over memory rows")
-            without = model(seg2, use_cache=False).logits
+            without = model(seg2, use_cache=False, **enc).logits
         assert (out2.logits - without).abs().max() > 1e-4, "feeding mems back did not change the logits"
 
     def test_generate_with_mems_cached_equals_uncached(self, config):
         self.require_causal(config)
         model = self.build(config)
+        enc = self.encoder_inputs(config)
         with torch.no_grad():
-            mems = model(self.ids(config, seed=7), output_mems=True, use_cache=False).mems
+            mems = model(self.ids(config, seed=7), output_mems=True, use_cache=False, **enc).mems
         prompt = self.ids(config, length=PROMPT, seed=8)
-        expected = self.greedy_loop(model, prompt, mems=mems)
-        uncached = model.generate(prompt, mems=mems, do_sample=False, use_cache=False, **GEN)
+        expected = self.greedy_loop(model, prompt, mems=mems, **enc)
+        uncached = model.generate(prompt, mems=mems, do_sample=False, use_cache=False, **enc, **GEN)
         assert_tokens_equal(uncached, expected, "uncached generate with mems vs manual greedy loop")
         self.require_cache(config)
-        cached = model.generate(prompt, mems=mems, do_sample=False, use_cache=True, **GEN)
+        cached = model.generate(prompt, mems=mems, do_sample=False, use_cache=True, **enc, **GEN)
         assert_tokens_equal(cached, expected, "cached generate with mems vs manual greedy loop")
-        sampled, temperature = {}, self.temperature_for(model, prompt)
+        sampled, temperature = {}, self.temperature_for(model, prompt, **enc)
         for use_cache in (True, False):
             torch.manual_seed(5)
             sampled[use_cache] = model.generate(
-                prompt, mems=mems, do_sample=True, temperature=temperature, top_k=20, use_cache=use_cache, **GEN
+                prompt, mems=mems, do_sample=True, temperature=temperature, top_k=20, use_cache=use_cache, **enc, **GEN
             )
         assert_tokens_equal(sampled[True], sampled[False], "sampling with mems cached vs uncached")
 
     # ---- 10. resizing and tying the token embeddings ----
     def test_resize_token_embeddings(self, config):
         model = self.build(config)
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         vocab = config.vocab_size
         with torch.no_grad():
-            before = model(ids, mems=mems, use_cache=False).logits
+            before = model(ids, mems=mems, use_cache=False, **enc).logits
         model.resize_token_embeddings(vocab + 8)
         assert model.config.vocab_size == vocab + 8
         assert model.get_input_embeddings().weight.shape[0] == vocab + 8
         new_ids = ids.clone()
         new_ids[:, -1] = vocab + 7  # a new token is accepted
         with torch.no_grad():
-            after = model(ids, mems=mems, use_cache=False).logits
-            with_new = model(new_ids, mems=mems, use_cache=False).logits
+            after = model(ids, mems=mems, use_cache=False, **enc).logits
+            with_new = model(new_ids, mems=mems, use_cache=False, **enc).logits
         assert after.shape == (BATCH, SEQ, vocab + 8)
         assert torch.isfinite(with_new).all()
         assert_close(after[..., :vocab], before, 1e-6, "old-token logits after resizing", relative=True)
@@ -481,15 +596,25 @@ class ModelCheckMixin:
     # ---- 11. attention maps and hidden states ----
     def test_attentions_and_hidden_states(self, config):
         model = self.build(config, "eager")
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, use_cache=False)
+            out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, use_cache=False, **enc)
         prefix = config.extra_key_slots + config.num_memory_kv + (MEM_LEN if mems else 0) + config.num_memory_tokens
         kv = prefix + SEQ
-        assert len(out.attentions) == sum(kind != "ff" for kind in config.layer_pattern)
-        for k, weights in enumerate(out.attentions):
-            assert weights.shape == (BATCH, config.num_attention_heads, SEQ, kv), f"attentions[{k}]: {tuple(weights.shape)}"
+        kinds = [kind for kind in config.layer_pattern if kind != "ff"]
+        assert len(out.attentions) == len(kinds)
+        for k, (weights, kind) in enumerate(zip(out.attentions, kinds)):
             assert_close(weights.sum(-1), torch.ones(BATCH, config.num_attention_heads, SEQ), 1e-5, "attention row sums")
+            if kind == "cross":  # keys: [zero slot | memory K/V slots | encoder states]
+                cross_kv = config.extra_key_slots + config.num_memory_kv + ENC_LEN
+                assert weights.shape == (BATCH, config.num_attention_heads, SEQ, cross_kv), f"attentions[{k}]"
+                assert weights[0, ..., -1].abs().max() == 0, f"attentions[{k}] attends to a masked encoder position"
+                assert weights[1, ..., -1].abs().max() > 0
+                continue
+            assert weights.shape == (BATCH, config.num_attention_heads, SEQ, kv), f"attentions[{k}]: {tuple(weights.shape)}"
+            if config.sparse_topk is not None and config.sparse_topk_mode == "top_k":
+                kept = (weights > 0).sum(-1)
+                assert kept.max() <= config.sparse_topk, f"attentions[{k}] keeps {kept.max()} > sparse_topk keys"
             if config.is_causal:
                 future = torch.ones(SEQ, kv, dtype=torch.bool).triu(prefix + 1)
                 assert weights[..., future].abs().max() == 0, f"attentions[{k}] attends to future tokens"
@@ -500,12 +625,14 @@ class ModelCheckMixin:
 
     # ---- 12. dtype ----
     def test_bf16_close_to_fp32(self, config):
+        self.require_continuous(config)
         model = self.build(config)
-        ids, mems = self.ids(config), self.mems_for(config)
+        ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            fp32 = model(ids, mems=mems, use_cache=False).logits
+            fp32 = model(ids, mems=mems, use_cache=False, **enc).logits
             model.to(torch.bfloat16)
-            bf16 = model(ids, mems=mems, use_cache=False).logits
+            enc = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.items()}
+            bf16 = model(ids, mems=mems, use_cache=False, **enc).logits
         assert bf16.dtype == torch.bfloat16
         assert torch.isfinite(bf16).all()
         scale = fp32.abs().max().item()

@@ -118,6 +118,86 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     "xpos-mem3": (dict(num_memory_tokens=3), dict(rotary_xpos=True, rotary_xpos_scale_base=16), (DECODER,)),
     # Transformer-XL settings (inert without mems, exercised with mems below)
     "maxmem8-shift1": (dict(max_mem_len=8, shift_mem_down=1), {}, BOTH),
+    # dynamic position bias (x-transformers asserts i == j: never with mems or attn_num_mem_kv, see _NO_MEMS)
+    "dynamic-abs": ({}, dict(dynamic_pos_bias=True), BOTH),
+    "dynamic-log-norm-depth3": (
+        dict(use_abs_pos_emb=False),
+        dict(dynamic_pos_bias=True, dynamic_pos_bias_log_distance=True, dynamic_pos_bias_norm=True,
+             dynamic_pos_bias_mlp_depth=3),
+        BOTH,
+    ),
+    "dynamic-depth1-gqa2-mem3": (
+        dict(num_memory_tokens=3, use_abs_pos_emb=False),
+        dict(dynamic_pos_bias=True, dynamic_pos_bias_mlp_depth=1, attn_kv_heads=2),
+        BOTH,
+    ),
+    # attention extras
+    "talking-heads": ({}, dict(attn_talking_heads=True), BOTH),
+    "talking-heads-rotary": ({}, dict(attn_talking_heads=True, rotary_pos_emb=True), BOTH),
+    "talking-heads-gqa2": ({}, dict(attn_talking_heads=True, attn_kv_heads=2), BOTH),
+    "talking-heads-resattn-memkv2": ({}, dict(attn_talking_heads=True, residual_attn=True, attn_num_mem_kv=2), BOTH),
+    "head-scale": ({}, dict(attn_head_scale=True), BOTH),
+    "head-scale-gqa2-t5": ({}, dict(attn_head_scale=True, attn_kv_heads=2, rel_pos_bias=True), BOTH),
+    "gate-values": ({}, dict(attn_gate_values=True), BOTH),
+    "gate-values-head-scale-gqa2-mem3": (
+        dict(num_memory_tokens=3), dict(attn_gate_values=True, attn_head_scale=True, attn_kv_heads=2), BOTH
+    ),
+    "on-attn": ({}, dict(attn_on_attn=True), BOTH),
+    "on-attn-gqa2-rotary": ({}, dict(attn_on_attn=True, attn_kv_heads=2, rotary_pos_emb=True), BOTH),
+    "zero-kv": ({}, dict(attn_add_zero_kv=True), BOTH),
+    "zero-kv-alibi": (dict(use_abs_pos_emb=False), dict(attn_add_zero_kv=True, alibi_pos_bias=True), BOTH),
+    "zero-kv-memkv2-mem3": (dict(num_memory_tokens=3), dict(attn_add_zero_kv=True, attn_num_mem_kv=2), BOTH),
+    "zero-kv-rotary-resattn": ({}, dict(attn_add_zero_kv=True, rotary_pos_emb=True, residual_attn=True), BOTH),
+    "value-dim16": ({}, dict(attn_value_dim_head=16), BOTH),
+    "value-dim16-gqa2-gate-values": ({}, dict(attn_value_dim_head=16, attn_kv_heads=2, attn_gate_values=True), BOTH),
+    # (x-transformers sizes memory values by attn_dim_head, so attn_value_dim_head with attn_num_mem_kv crashes there)
+    "value-dim48-rotary": ({}, dict(attn_value_dim_head=48, rotary_pos_emb=True), BOTH),
+    "shared-kv": ({}, dict(attn_shared_kv=True), BOTH),
+    "shared-kv-rotary": ({}, dict(attn_shared_kv=True, rotary_pos_emb=True), BOTH),
+    "shared-kv-gqa2-t5-mem3": (
+        dict(num_memory_tokens=3), dict(attn_shared_kv=True, attn_kv_heads=2, rel_pos_bias=True), BOTH
+    ),
+    "max-attend-past3": ({}, dict(attn_max_attend_past=3), BOTH),
+    "max-attend-past1": ({}, dict(attn_max_attend_past=1), BOTH),
+    "max-attend-past4-alibi-mem3": (
+        dict(num_memory_tokens=3, use_abs_pos_emb=False), dict(attn_max_attend_past=4, alibi_pos_bias=True), BOTH
+    ),
+    "max-attend-past2-rotary-memkv2": ({}, dict(attn_max_attend_past=2, rotary_pos_emb=True, attn_num_mem_kv=2), BOTH),
+    # Zeta's sparse top-k drops the k largest scores (the converter keeps that: sparse_topk_mode="zeta_inverted")
+    "sparse-topk4": ({}, dict(attn_sparse_topk=4), BOTH),
+    "sparse-topk4-t5": ({}, dict(attn_sparse_topk=4, rel_pos_bias=True), BOTH),
+    "sparse-topk3-alibi-zero-kv": (
+        dict(use_abs_pos_emb=False), dict(attn_sparse_topk=3, alibi_pos_bias=True, attn_add_zero_kv=True), BOTH
+    ),
+    "sparse-topk2-memkv2-mem3": (dict(num_memory_tokens=3), dict(attn_sparse_topk=2, attn_num_mem_kv=2), BOTH),
+    "sparse-topk4-dynamic": ({}, dict(attn_sparse_topk=4, dynamic_pos_bias=True), BOTH),
+    # token shifting
+    "shift1": ({}, dict(shift_tokens=1), BOTH),
+    "shift2-macaron-mem3": (dict(num_memory_tokens=3), dict(shift_tokens=2, macaron=True), BOTH),
+    "shift-per-layer-1-0-2-0": ({}, dict(shift_tokens=(1, 0, 2, 0)), BOTH),
+    "shift1-rotary-memkv2": ({}, dict(shift_tokens=1, rotary_pos_emb=True, attn_num_mem_kv=2), BOTH),
+    # residuals
+    "gru": ({}, dict(gate_residual=True), BOTH),
+    "gru-scale-residual-mem3": (dict(num_memory_tokens=3), dict(gate_residual=True, scale_residual=True), BOTH),
+    "scale-residual": ({}, dict(scale_residual=True), BOTH),
+    "scale-residual-const0.7": ({}, dict(scale_residual=True, scale_residual_constant=0.7), BOTH),
+    "scale-residual-const1.5-only": ({}, dict(scale_residual_constant=1.5), BOTH),
+    "layer-dropout0.3": ({}, dict(layer_dropout=0.3), BOTH),  # inert in eval mode; see test_layer_dropout_training
+    # norm placements
+    "deepnorm": ({}, dict(deepnorm=True), BOTH),
+    "deepnorm-rmsnorm-macaron": ({}, dict(deepnorm=True, use_rmsnorm=True, macaron=True), BOTH),
+    "resi-dual": ({}, dict(resi_dual=True), BOTH),
+    "resi-dual-scale0.5-mem3": (dict(num_memory_tokens=3), dict(resi_dual=True, resi_dual_scale=0.5), BOTH),
+    "resi-dual-scalenorm-resattn": ({}, dict(resi_dual=True, use_scalenorm=True, residual_attn=True), BOTH),
+    # layouts
+    "custom-layers-aafaff": ({}, dict(custom_layers=("a", "a", "f", "a", "f", "f")), BOTH),
+    "custom-layers-faa-rotary-mem3": (
+        dict(num_memory_tokens=3), dict(custom_layers=("f", "a", "a"), rotary_pos_emb=True), BOTH
+    ),
+    "par-ratio2-depth4": ({}, dict(depth=4, par_ratio=2), BOTH),
+    "par-ratio4-depth6-t5": ({}, dict(depth=6, par_ratio=4, rel_pos_bias=True), BOTH),
+    "sandwich-coef1-depth3": ({}, dict(depth=3, sandwich_coef=1), BOTH),
+    "sandwich-coef2-depth3-macaron": ({}, dict(depth=3, sandwich_coef=2, macaron=True), BOTH),
 }
 
 
@@ -201,8 +281,9 @@ def assert_nontrivial(ref: torch.Tensor) -> None:
     assert ref.abs().max().item() > 0.05 and ref.std().item() > 1e-3
 
 
-def num_attn_layers(lkw: dict) -> int:
-    return lkw["depth"]  # one self-attention per block, with or without macaron
+def num_attn_layers(model) -> int:
+    """Self-attention layers of a converted model (layouts like `custom_layers` / `par_ratio` set their own count)."""
+    return model.config.num_attention_layers
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -298,8 +379,11 @@ def test_right_padding_lengths(kind, pad):
 # 3. Transformer-XL memories
 # --------------------------------------------------------------------------------------------------------------------
 
-# x-transformers 1.19 itself crashes on rotary_xpos with mems.
-_NO_MEMS = tuple(name for name, (_, lkw, _) in OPTIONS.items() if lkw.get("rotary_xpos"))
+# x-transformers 1.19 itself crashes on rotary_xpos with mems, and on dynamic position bias with mems (it asserts
+# that queries and keys have the same length).
+_NO_MEMS = tuple(
+    name for name, (_, lkw, _) in OPTIONS.items() if lkw.get("rotary_xpos") or lkw.get("dynamic_pos_bias")
+)
 
 
 def _run_mems(ref, ours, x, mems):
@@ -320,7 +404,7 @@ def test_xl_mems_parity(name, kind):
     tkw, lkw = _kwargs(name)
     ref, ours = build_pair(tkw, lkw, kind)
     x = tokens(tkw["num_tokens"], seed=4)
-    mems = random_mems(num_attn_layers(lkw), lkw["dim"], seed=4)
+    mems = random_mems(num_attn_layers(ours), lkw["dim"], seed=4)
     expected, expected_mems, out = _run_mems(ref, ours, x, mems)
     assert_close(out.logits, expected)
     _assert_mems(out.mems, expected_mems)
@@ -614,3 +698,323 @@ def test_save_pretrained_roundtrip(name, kind, tmp_path):
         assert_close(loaded(x, use_cache=False).logits, ref(x))
         got = loaded(x, attention_mask=mask, use_cache=False).logits
         assert_close(got[mask], ref(x, mask=mask)[mask])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 6. options that logits alone do not cover: refusals, training-time layer dropout, initialisation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", BOTH)
+def test_rotary_with_value_dim_below_rotary_dim_is_refused(kind):
+    """Zeta rotates values with the rotary dim (32 here): x-transformers crashes on smaller values, zeta_hf refuses."""
+    tkw, lkw = dict(BASE_TRANSFORMER), {**BASE_LAYERS, "rotary_pos_emb": True, "attn_value_dim_head": 16}
+    ref = build_reference(tkw, lkw, kind)
+    with pytest.raises(RuntimeError):
+        ref(tokens(tkw["num_tokens"]))
+    with pytest.raises(ValueError, match="value_head_dim"):
+        zeta_hf.convert_zeta_checkpoint(ref.state_dict(), zeta_kwargs(tkw, lkw, kind))
+    with pytest.raises(ValueError, match="value_head_dim"):
+        zeta_hf.Transformer(attn_layers=(zeta_hf.Decoder if kind == DECODER else zeta_hf.Encoder)(**lkw), **tkw)
+
+
+LAYER_DROPOUT = {
+    "plain": ({}, {}),
+    "resi-dual-mem3": (dict(num_memory_tokens=3), dict(resi_dual=True)),
+    "rotary-macaron": ({}, dict(rotary_pos_emb=True, macaron=True)),
+}
+
+
+@pytest.mark.parametrize("kind", BOTH)
+@pytest.mark.parametrize("name", LAYER_DROPOUT)
+def test_layer_dropout_training(name, kind):
+    """In training, layer_dropout=1 skips every layer in both models (the only draw both RNGs agree on); in eval no
+    layer is ever skipped (the eval logits are covered by the `layer-dropout0.3` option above)."""
+    tkw, lkw = LAYER_DROPOUT[name]
+    tkw, lkw = {**BASE_TRANSFORMER, **tkw}, {**BASE_LAYERS, **lkw, "layer_dropout": 1.0}
+    ref, ours = build_pair(tkw, lkw, kind)
+    ref.train()
+    ours.train()
+    x = tokens(tkw["num_tokens"], seed=19)
+    with torch.no_grad():
+        expected = ref(x)
+        got = ours(x, use_cache=False).logits
+        assert_close(got, expected)
+        # skipping every layer leaves only embeddings -> final norm -> head: eval mode is a different function
+        assert (ours.eval()(x, use_cache=False).logits - got).abs().max().item() > 1e-3
+
+
+def _constant(t: torch.Tensor) -> bool:
+    return bool((t == t.flatten()[0]).all())
+
+
+INIT = {
+    # id -> (Transformer kwargs, Decoder/Encoder kwargs): options whose effect is (also) on the initial weights
+    "zero-init-branch": ({}, dict(zero_init_branch_output=True)),
+    "zero-init-branch-glu-memkv2": ({}, dict(zero_init_branch_output=True, ff_glu=True, attn_num_mem_kv=2)),
+    "deepnorm": ({}, dict(deepnorm=True)),
+    "deepnorm-depth4-glu": ({}, dict(deepnorm=True, depth=4, ff_glu=True)),
+    "gate-values": ({}, dict(attn_gate_values=True)),
+    "head-scale-talking-heads": ({}, dict(attn_head_scale=True, attn_talking_heads=True)),
+    "scale-residual-gru": ({}, dict(scale_residual=True, gate_residual=True)),
+    "dynamic-log-norm": (
+        {}, dict(dynamic_pos_bias=True, dynamic_pos_bias_norm=True, dynamic_pos_bias_log_distance=True)
+    ),
+    "resi-dual-value-dim16": ({}, dict(resi_dual=True, attn_value_dim_head=16)),
+}
+
+
+@pytest.mark.parametrize("name", INIT)
+def test_fresh_init_matches_reference(name):
+    """A freshly built zeta_hf model is initialised like Zeta: every tensor that Zeta initialises to a constant (zero
+    output projections, open value gates, unit scales) has that constant, and random tensors have Zeta's spread."""
+    tkw, lkw = INIT[name]
+    tkw, lkw = {**BASE_TRANSFORMER, **tkw}, {**BASE_LAYERS, **lkw}
+    torch.manual_seed(0)
+    ref = x_transformers.TransformerWrapper(attn_layers=x_transformers.Decoder(**lkw), **tkw)
+    torch.manual_seed(1)
+    fresh = zeta_hf.Transformer(attn_layers=zeta_hf.Decoder(**lkw), **tkw).to_hf()
+    expected = convert_state_dict(dict(ref.state_dict()), fresh.config)
+    ours = fresh.state_dict()
+    assert set(expected) <= set(ours)
+    problems = []
+    for key, want in expected.items():
+        got = ours[key]
+        if _constant(want):
+            if not torch.equal(got, want):
+                problems.append(f"{key}: Zeta initialises it to the constant {want.flatten()[0].item():g}, ours has "
+                                f"values in [{got.min().item():.3g}, {got.max().item():.3g}]")
+        elif _constant(got):
+            problems.append(f"{key}: ours is the constant {got.flatten()[0].item():g}, Zeta's is random")
+        elif want.numel() >= 64:  # the spread of fewer samples is too noisy to compare
+            tol = 0.15 if want.numel() >= 1024 else 0.3
+            ratio = got.std().item() / want.std().item()
+            if abs(ratio - 1) > tol:
+                problems.append(f"{key}: std {got.std().item():.4f} vs Zeta's {want.std().item():.4f}")
+    assert not problems, "; ".join(problems)
+
+
+@pytest.mark.parametrize("kind", BOTH)
+def test_talking_heads_with_residual_attention_stays_finite(kind):
+    """Residual attention carries the previous layer's masked scores into talking heads, whose head mixing can push a
+    masked score past the float range; Zeta masks after mixing and stays finite. Mixing weights that sum below -1 on
+    a row make the overflow certain rather than seed-dependent."""
+    tkw, lkw = dict(BASE_TRANSFORMER), {**BASE_LAYERS, "attn_talking_heads": True, "residual_attn": True}
+    ref = build_reference(tkw, lkw, kind)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("pre_softmax_talking_heads.weight"):
+                p.copy_(-0.5 + 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    ours = zeta_hf.convert_zeta_checkpoint(ref.state_dict(), zeta_kwargs(tkw, lkw, kind))
+    x, mask = tokens(tkw["num_tokens"], seed=20), right_padding_mask()
+    with torch.no_grad():
+        assert_close(ours(x, use_cache=False).logits, ref(x))
+        assert_close(ours(x, attention_mask=mask, use_cache=False).logits[mask], ref(x, mask=mask)[mask])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 7. cross-attention (`context` / `context_mask` in Zeta, `encoder_hidden_states` / `encoder_attention_mask` here)
+# --------------------------------------------------------------------------------------------------------------------
+
+CTX_LEN = 7
+
+CROSS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
+    "cross": ({}, dict(cross_attend=True), BOTH),
+    "cross-memkv2-cross-resattn": ({}, dict(cross_attend=True, attn_num_mem_kv=2, cross_residual_attn=True), BOTH),
+    "cross-resattn-both-rotary": (
+        {}, dict(cross_attend=True, residual_attn=True, cross_residual_attn=True, rotary_pos_emb=True), BOTH
+    ),
+    "cross-gqa2-talking-heads-t5": (
+        {}, dict(cross_attend=True, attn_kv_heads=2, attn_talking_heads=True, rel_pos_bias=True), BOTH
+    ),
+    "cross-zero-kv-gate-values-mem3": (
+        dict(num_memory_tokens=3), dict(cross_attend=True, attn_add_zero_kv=True, attn_gate_values=True), BOTH
+    ),
+    "cross-sparse-topk3-qknorm": ({}, dict(cross_attend=True, attn_sparse_topk=3, attn_qk_norm=True), BOTH),
+    "cross-value-dim16-head-scale-on-attn": (
+        {}, dict(cross_attend=True, attn_value_dim_head=16, attn_head_scale=True, attn_on_attn=True), BOTH
+    ),
+    "cross-shift1-macaron-gru": ({}, dict(cross_attend=True, shift_tokens=1, macaron=True, gate_residual=True), BOTH),
+    "cross-resi-dual-alibi": (
+        dict(use_abs_pos_emb=False), dict(cross_attend=True, resi_dual=True, alibi_pos_bias=True), BOTH
+    ),
+    "cross-max-attend-past2": ({}, dict(cross_attend=True, attn_max_attend_past=2), BOTH),
+    "cross-dynamic": ({}, dict(cross_attend=True, dynamic_pos_bias=True), BOTH),
+    "only-cross": ({}, dict(cross_attend=True, only_cross=True), BOTH),
+    "only-cross-memkv2-mem3-sandwich": (
+        dict(num_memory_tokens=3), dict(cross_attend=True, only_cross=True, attn_num_mem_kv=2, sandwich_norm=True), BOTH
+    ),
+    # Zeta layouts with cross-attention blocks
+    "cross-custom-layers-acfcf": ({}, dict(cross_attend=True, custom_layers=("a", "c", "f", "c", "f")), BOTH),
+    "cross-sandwich-coef1-depth3": ({}, dict(cross_attend=True, depth=3, sandwich_coef=1), BOTH),
+    "cross-par-ratio4-depth4": ({}, dict(cross_attend=True, depth=4, par_ratio=4), BOTH),
+}
+# dynamic position bias: x-transformers asserts i == j; only_cross: there is no self-attention to take mems
+_CROSS_NO_MEMS = tuple(
+    name for name, (_, lkw, _) in CROSS.items() if lkw.get("dynamic_pos_bias") or lkw.get("only_cross")
+)
+
+
+def _cross_cases(exclude: tuple[str, ...] = ()):
+    return [
+        pytest.param(name, kind, id=f"{name}-{kind}")
+        for name, (_, _, kinds) in CROSS.items()
+        if name not in exclude
+        for kind in kinds
+    ]
+
+
+def _cross_kwargs(name: str) -> tuple[dict, dict]:
+    tkw, lkw, _ = CROSS[name]
+    return {**BASE_TRANSFORMER, **tkw}, {**BASE_LAYERS, **lkw}
+
+
+def context_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder states (b, 7, dim) and their mask: row 0 has two padded context positions at the end."""
+    context = torch.randn(BATCH, CTX_LEN, BASE_LAYERS["dim"], generator=torch.Generator().manual_seed(300 + seed))
+    context_mask = torch.ones(BATCH, CTX_LEN, dtype=torch.bool)
+    context_mask[0, -2:] = False
+    return context, context_mask
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("name, kind", _cross_cases())
+def test_cross_attention_parity(name, kind, attn_implementation):
+    tkw, lkw = _cross_kwargs(name)
+    ref, ours = build_pair(tkw, lkw, kind)
+    ours.set_attn_implementation(attn_implementation)
+    x = tokens(tkw["num_tokens"], seed=21)
+    context, context_mask = context_inputs()
+    with torch.no_grad():
+        expected = ref(x, context=context)
+        got = ours(x, encoder_hidden_states=context, use_cache=False).logits
+        assert_nontrivial(expected)
+        assert_close(got, expected)
+        expected_masked = ref(x, context=context, context_mask=context_mask)
+        got_masked = ours(x, encoder_hidden_states=context, encoder_attention_mask=context_mask, use_cache=False).logits
+        assert_close(got_masked, expected_masked, "logits with context_mask")
+        # the context and its mask both matter
+        assert (expected_masked[0] - expected[0]).abs().max().item() > 1e-4
+        other = ref(x, context=context_inputs(seed=1)[0])
+        assert (other - expected).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("name, kind", _cross_cases())
+def test_cross_attention_right_padding_parity(name, kind):
+    tkw, lkw = _cross_kwargs(name)
+    ref, ours = build_pair(tkw, lkw, kind)
+    x = tokens(tkw["num_tokens"], seed=22)
+    mask = right_padding_mask()
+    context, context_mask = context_inputs(seed=2)
+    with torch.no_grad():
+        expected = ref(x, mask=mask, context=context, context_mask=context_mask)
+        got = ours(x, attention_mask=mask, encoder_hidden_states=context, encoder_attention_mask=context_mask,
+                   use_cache=False).logits
+    assert_close(got[mask], expected[mask])
+
+
+@pytest.mark.parametrize("name, kind", _cross_cases(exclude=_CROSS_NO_MEMS))
+def test_cross_attention_xl_mems_parity(name, kind):
+    tkw, lkw = _cross_kwargs(name)
+    ref, ours = build_pair(tkw, lkw, kind)
+    x = tokens(tkw["num_tokens"], seed=23)
+    mems = random_mems(num_attn_layers(ours), lkw["dim"], seed=23)
+    context, context_mask = context_inputs(seed=3)
+    with torch.no_grad():
+        expected, expected_mems = ref(x, mems=mems, return_mems=True, context=context, context_mask=context_mask)
+        out = ours(x, mems=mems, output_mems=True, encoder_hidden_states=context, encoder_attention_mask=context_mask,
+                   use_cache=False)
+        without = ref(x, context=context, context_mask=context_mask)
+    assert_close(out.logits, expected)
+    _assert_mems(out.mems, expected_mems)
+    assert (without - expected).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("kind", BOTH)
+def test_cross_attention_front_door(kind):
+    """`Transformer(...)(x, context=..., context_mask=...)` as in Zeta, and a cross model refuses to run without it."""
+    tkw, lkw = _cross_kwargs("cross-memkv2-cross-resattn")
+    ref, t = build_front_door(tkw, lkw, kind)
+    x = tokens(tkw["num_tokens"], seed=24)
+    context, context_mask = context_inputs(seed=4)
+    mask = right_padding_mask()
+    with torch.no_grad():
+        expected = ref(x, context=context, context_mask=context_mask)
+        assert_close(t(x, context=context, context_mask=context_mask), expected)
+        got = t(x, mask=mask, context=context, context_mask=context_mask)
+        assert_close(got[mask], ref(x, mask=mask, context=context, context_mask=context_mask)[mask])
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        t(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 8. the front door's `return_intermediates` against x-transformers' `LayerIntermediates`
+# --------------------------------------------------------------------------------------------------------------------
+
+INTERMEDIATES = {
+    # id -> (Transformer kwargs, Decoder/Encoder kwargs, mems allowed)
+    "abs": ({}, {}, True),
+    "rotary-mem3": (dict(num_memory_tokens=3), dict(rotary_pos_emb=True), True),
+    "t5-gqa2": ({}, dict(rel_pos_bias=True, attn_kv_heads=2), True),  # (x-transformers crashes on GQA + mem kv)
+    "custom-layers-aafaff-shift1": ({}, dict(custom_layers=("a", "a", "f", "a", "f", "f"), shift_tokens=1), True),
+    "resi-dual-talking-heads-zero-kv": ({}, dict(resi_dual=True, attn_talking_heads=True, attn_add_zero_kv=True), True),
+    "dynamic-mem3": (dict(num_memory_tokens=3), dict(dynamic_pos_bias=True), False),
+    "cross-memkv2-mem3": (dict(num_memory_tokens=3), dict(cross_attend=True, attn_num_mem_kv=2), True),
+    "only-cross": ({}, dict(cross_attend=True, only_cross=True), False),
+}
+
+
+@pytest.mark.parametrize(
+    "name, kind", [pytest.param(name, kind, id=f"{name}-{kind}") for name in INTERMEDIATES for kind in BOTH]
+)
+def test_front_door_return_intermediates(name, kind):
+    """`hiddens` (the residual stream entering every self-attention layer, memory tokens included) equal Zeta's, the
+    attention maps equal Zeta's post-softmax maps (memory-token query rows dropped, grouped heads in our order), and
+    `layer_hiddens` (inputs of every layer) equal Zeta's without the memory-token rows."""
+    tkw, lkw, with_mems = INTERMEDIATES[name]
+    tkw, lkw = {**BASE_TRANSFORMER, **tkw}, {**BASE_LAYERS, **lkw}
+    ref, t = build_front_door(tkw, lkw, kind)
+    x = tokens(tkw["num_tokens"], seed=25)
+    extra = {}
+    if lkw.get("cross_attend"):
+        context, context_mask = context_inputs(seed=5)
+        extra = dict(context=context, context_mask=context_mask)
+    n_mem = tkw.get("num_memory_tokens", 0)
+    perm = head_permutation(t.config)
+    runs = [{}]
+    if with_mems:
+        runs.append({"mems": random_mems(t.config.num_attention_layers, lkw["dim"], seed=25)})
+    for kw in runs:
+        with torch.no_grad():
+            logits, inter = t(x, return_intermediates=True, **kw, **extra)
+            ref_logits, ref_inter = ref(x, return_intermediates=True, **kw, **extra)
+        assert_close(logits, ref_logits)
+        assert len(inter.hiddens) == len(ref_inter.hiddens) == t.config.num_attention_layers
+        for i, (h, r) in enumerate(zip(inter.hiddens, ref_inter.hiddens)):
+            assert_close(h, r, f"hiddens[{i}] {list(kw)}")
+        ref_maps = [a.post_softmax_attn for a in ref_inter.attn_intermediates]
+        assert len(inter.attn_maps) == len(ref_maps) == sum(kind != "ff" for kind in t.config.layer_pattern)
+        for i, (m, r) in enumerate(zip(inter.attn_maps, ref_maps)):
+            assert_close(m, (r if perm is None else r[:, perm])[:, :, n_mem:], f"attn_maps[{i}] {list(kw)}")
+        assert len(inter.layer_hiddens) == len(ref_inter.layer_hiddens) == len(t.config.layer_pattern) + 1
+        for i, (h, r) in enumerate(zip(inter.layer_hiddens[:-1], ref_inter.layer_hiddens[:-1])):
+            assert_close(h, r[:, n_mem:], f"layer_hiddens[{i}] {list(kw)}")
+
+
+@pytest.mark.parametrize("kind", BOTH)
+def test_only_cross_xl_recurrence(kind):
+    """Without self-attention Zeta returns an empty mems list, and an XL loop feeds that list back unchanged."""
+    tkw, lkw = _cross_kwargs("only-cross")
+    ref, ours = build_pair(tkw, lkw, kind)
+    x = tokens(tkw["num_tokens"], seed=26)
+    context, context_mask = context_inputs(seed=6)
+    with torch.no_grad():
+        expected, ref_mems = ref(x, context=context, context_mask=context_mask, return_mems=True)
+        out = ours(x, encoder_hidden_states=context, encoder_attention_mask=context_mask, output_mems=True,
+                   use_cache=False)
+        assert ref_mems == [] and out.mems == []
+        assert_close(out.logits, expected)
+        expected2 = ref(x, mems=ref_mems, context=context, context_mask=context_mask)
+        got2 = ours(x, mems=out.mems, encoder_hidden_states=context, encoder_attention_mask=context_mask,
+                    use_cache=False).logits
+    assert_close(got2, expected2, "logits with the (empty) mems fed back")

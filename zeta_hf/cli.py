@@ -4,6 +4,7 @@
     zeta-hf generate --model zeta-hf-model --prompt "The with statement"
     zeta-hf eval --model zeta-hf-model
     zeta-hf convert --checkpoint model.pt --kwargs kwargs.json --output-dir converted
+    zeta-hf push zeta-hf-model my-org/my-model --max-shard-size 200MB
 
 Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on CPU, NCCL on GPUs).
 """
@@ -40,7 +41,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .configuration_zeta import ZetaConfig
 from .data import CorpusError, LMSplits, build_splits, load_corpus, make_tokenizer
-from .model_card import LOSS_CURVE_FILE, plot_loss_curve, write_model_card
+from .model_card import LOSS_CURVE_FILE, plot_loss_curve, render_card, write_model_card
 from .modeling_zeta import ZetaForCausalLM
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -124,6 +125,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     diag.add_argument("--weights-digest-file", metavar="FILE",
                       help="every process writes the sha256 of its final weights to FILE.rank<N>")
     diag.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # slows steps for tests
+    diag.add_argument("--debug-nan-at-step", type=int, help=argparse.SUPPRESS)  # a NaN loss at step N, for tests
     p.set_defaults(func=train)
 
 
@@ -164,15 +166,33 @@ def _add_convert_parser(sub: argparse._SubParsersAction) -> None:
                    "(--checkpoint, --kwargs, --output-dir)")
 
 
+def _add_push_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("push", help="upload a saved model folder to the Hugging Face Hub with a model card",
+                       description="Upload weights (safetensors), config, tokenizer, modeling code and a model card "
+                       "rendered from model_cards/template.md to a Hub repository (created if missing). "
+                       "The Hub address comes from HF_ENDPOINT, the token from `hf auth login` / HF_TOKEN.")
+    p.add_argument("folder", help="a folder written by `zeta-hf train` / `convert` or `save_pretrained`")
+    p.add_argument("repo_id", help="Hub repository, e.g. my-org/my-model")
+    p.add_argument("--max-shard-size", default=None,
+                   help='split the weights into safetensors shards of at most this size, e.g. "200MB"')
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--commit-message", default="Upload Zeta model with zeta-hf push")
+    p.add_argument("--license", default=None,
+                   help="license for the card's metadata (default: the one recorded at training time, else other)")
+    p.add_argument("--token", default=None, help="Hub token (default: the stored login or HF_TOKEN)")
+    p.set_defaults(func=push)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `zeta-hf` parser with its train / generate / eval / convert subcommands."""
+    """The `zeta-hf` parser with its train / generate / eval / convert / push subcommands."""
     parser = _Parser(prog="zeta-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,convert}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,convert,push}",
                                 parser_class=_Parser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
     _add_eval_parser(sub)
     _add_convert_parser(sub)
+    _add_push_parser(sub)
     parser.subcommands = sub.choices  # name -> subparser, so errors can name the subcommand
     return parser
 
@@ -365,6 +385,31 @@ class ZetaTrainer(Trainer):
     def __init__(self, *args, splits: LMSplits, **kwargs):
         super().__init__(*args, train_dataset=splits.train, eval_dataset=splits.eval, **kwargs)
         self.splits = splits
+        self.debug_nan_step: int | None = None  # test aid: pretend the loss of this step is NaN
+
+    def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
+        """One micro-batch; a NaN / inf loss stops the run with a one-line error naming the step (all ranks agree)."""
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
+        if step == self.debug_nan_step:
+            loss = loss + float("nan")
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # else the other ranks would hang
+        if bad.item():
+            checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=_checkpoint_step)
+            resume = (f"--resume continues from {checkpoints[-1].name}" if checkpoints
+                      else "no checkpoint was saved yet")
+            for callback in self.callback_handler.callbacks:  # end the progress bar's line before the error line
+                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                    callback.training_bar.close()
+                    callback.training_bar = None
+            value = loss.item()
+            value = value if not math.isfinite(value) else "NaN or inf on another process"
+            raise CLIError(f"the training loss became {value} at step {step} of {self.state.max_steps} (learning "
+                           f"rate {self._get_learning_rate():.3g}); stopped. Lower --lr, raise --warmup-steps or drop "
+                           f"--bf16; {resume}.")
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs:  # the same dict is returned by evaluate(), so callers see these too
@@ -580,6 +625,7 @@ def _make_trainer(args: argparse.Namespace, config: ZetaConfig, tokenizer, train
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.debug_nan_step = args.debug_nan_at_step
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TerminalProgress())
     return trainer
@@ -726,6 +772,64 @@ def convert(argv: list[str]) -> None:
         convert_main(argv)
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:  # unreadable or mismatched checkpoint
         raise CLIError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# push
+# --------------------------------------------------------------------------------------------------------------------
+
+# Files of a trained folder that belong on the Hub besides what save_pretrained writes (the card links the figure).
+_PUSH_EXTRAS = (SUMMARY_FILE, LOSS_CURVE_FILE)
+
+
+def stage_for_hub(folder: Path, stage: Path, repo_id: str, max_shard_size: str | None = None,
+                  license: str | None = None) -> list[str]:
+    """Write into `stage` everything `zeta-hf push` uploads; return the file names.
+
+    The model is re-saved (not copied) so the upload always has safetensors, the current modeling code with a
+    complete `auto_map`, `use_cache=True` and the requested sharding, whatever wrote `folder`.
+    """
+    model, tokenizer = _load_model_and_tokenizer(str(folder))
+    model.config.use_cache = True  # Trainer turns it off while training; users of the Hub copy want it on
+    try:
+        model.save_pretrained(stage, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    except ValueError as err:  # e.g. an unparsable --max-shard-size
+        raise CLIError(f"--max-shard-size {max_shard_size!r}: {err}") from None
+    tokenizer.save_pretrained(stage)
+    summary = None
+    for name in _PUSH_EXTRAS:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, stage / name)
+    if (folder / SUMMARY_FILE).is_file():
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+    (stage / "README.md").write_text(
+        render_card(_card_config(model.config), repo_id, repo_id.rsplit("/", 1)[-1], summary, license=license))
+    return sorted(p.name for p in stage.iterdir())
+
+
+def push(args: argparse.Namespace) -> None:
+    """`zeta-hf push`: stage the folder for the Hub, create the repository if needed and upload it in one commit."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(args.folder)
+    if not args.repo_id.strip(" /"):
+        raise CLIError("repo_id is empty: give it as NAME or ORG/NAME.")
+    with tempfile.TemporaryDirectory() as scratch:
+        stage = Path(scratch)
+        files = stage_for_hub(folder, stage, args.repo_id, args.max_shard_size, args.license)
+        api = HfApi(token=args.token)
+        try:
+            url = api.create_repo(args.repo_id, private=args.private, exist_ok=True, repo_type="model")
+            # One commit with every staged file, as transformers' own push_to_hub does (the Hub validates the
+            # card's YAML on commit).
+            operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(stage / name)) for name in files]
+            commit = api.create_commit(repo_id=url.repo_id, operations=operations, repo_type="model",
+                                       commit_message=args.commit_message)
+        except (HfHubHTTPError, OSError) as err:
+            raise CLIError(f"could not push to {args.repo_id!r}: {str(err).splitlines()[0]}") from None
+    print(f"pushed {len(files)} files ({', '.join(files)}) to {url}")
+    print(f"commit: {getattr(commit, 'commit_url', commit)}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model card (README.md) and loss-curve figure for a folder written by `zeta-hf train`."""
+"""Model card (README.md) and loss-curve figure for a folder written by `zeta-hf train` or pushed by `zeta-hf push`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ library_name: transformers
 pipeline_tag: text-generation
 license: {{license}}
 datasets: {{datasets}}
----
+{{model_index}}---
 
 # {{model_name}}
 
@@ -94,22 +94,59 @@ def eval_results(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(table)
 
 
+def model_index(model_name: str, summary: dict[str, Any] | None, after: dict[str, float] | None) -> str:
+    """The card's `model-index` YAML: held-out metrics after training, so the Hub shows them as evaluation results."""
+    if not summary or not after:
+        return ""
+    metrics = [(key, label) for key, label in (("bits_per_byte", "held-out bits per byte"),
+                                               ("perplexity", "held-out perplexity (per token)"),
+                                               ("loss", "held-out loss (nats / token)"))
+               if after.get(key) is not None and not math.isnan(after[key])]
+    if not metrics:
+        return ""
+    corpus = json.dumps(summary.get("corpus_description", "local corpus"))
+    lines = ["model-index:", f"  - name: {json.dumps(model_name)}", "    results:", "      - task:",
+             "          type: text-generation", "          name: Causal language modeling", "        dataset:",
+             f"          name: {corpus}", "          type: local", "        metrics:"]
+    for key, label in metrics:
+        lines += [f"          - type: {key}", f"            value: {round(float(after[key]), 4)}",
+                  f"            name: {json.dumps(label)}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_card(config_dict: dict[str, Any], repo_id: str, model_name: str, summary: dict[str, Any] | None = None,
+                license: str | None = None, template_path: Path = TEMPLATE_PATH) -> str:
+    """The model card text: YAML metadata, configuration, usage snippet for `repo_id`, training and evaluation.
+
+    `summary` is a `training_summary.json` written by `zeta-hf train` (with `before` / `after` held-out metrics);
+    without one (a converted or hand-built model) the training and evaluation sections say so.
+    """
+    template = template_path.read_text() if template_path.is_file() else _FALLBACK_TEMPLATE
+    before, after = (summary or {}).get("before") or {}, (summary or {}).get("after") or {}
+    values = {
+        "license": license or (summary or {}).get("license") or "other",
+        "datasets": "[]",  # local corpora have no Hub dataset id; the corpus is named in the training summary
+        "model_index": model_index(model_name, summary, after),
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "config_table": config_table(config_dict),
+        "training_summary": training_summary(summary) if summary else
+        "No `training_summary.json` came with this model (it was not trained with `zeta-hf train`).",
+        "eval_results": eval_results(before, after) if (before or after) else "Not evaluated.",
+    }
+    return render_template(template, values)
+
+
 def write_model_card(folder: str | Path, config_dict: dict[str, Any], summary: dict[str, Any],
-                     before: dict[str, float], after: dict[str, float], template_path: Path = TEMPLATE_PATH) -> Path:
+                     before: dict[str, float], after: dict[str, float], template_path: Path = TEMPLATE_PATH,
+                     repo_id: str | None = None) -> Path:
     """Render `model_cards/template.md` into `folder/README.md` and return its path."""
     folder = Path(folder)
-    template = template_path.read_text() if template_path.is_file() else _FALLBACK_TEMPLATE
-    values = {
-        "license": summary.get("license", "other"),
-        "datasets": "[]",  # local corpora have no Hub dataset id; the corpus is named in the training summary
-        "model_name": folder.resolve().name,
-        "repo_id": str(folder),
-        "config_table": config_table(config_dict),
-        "training_summary": training_summary(summary),
-        "eval_results": eval_results(before, after),
-    }
+    summary = {**summary, "before": before, "after": after}
+    text = render_card(config_dict, repo_id or str(folder), folder.resolve().name if repo_id is None else
+                       repo_id.rsplit("/", 1)[-1], summary, template_path=template_path)
     path = folder / "README.md"
-    path.write_text(render_template(template, values))
+    path.write_text(text)
     return path
 
 

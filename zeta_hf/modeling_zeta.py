@@ -335,7 +335,9 @@ class ZetaModel(ZetaPreTrainedModel):
                 raise TypeError(f"`input_ids` must be an integer tensor, but got dtype {input_ids.dtype}.")
             if input_ids.dim() != 2:
                 raise ValueError(f"`input_ids` must have shape (batch, seq_len), but got {tuple(input_ids.shape)}.")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            # a data-dependent branch; skipped while compiling/exporting, where it would split the graph
+            checkable = input_ids.numel() and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+            if checkable and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
                 bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)][0].item()
                 raise ValueError(
                     f"`input_ids` contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size})."
@@ -524,7 +526,7 @@ class ZetaModel(ZetaPreTrainedModel):
         prefill = past_length == 0
         if not prefill and prepend_embeds is not None:
             raise ValueError("`prepend_embeds` can only be passed at prefill, with an empty cache.")
-        mem_len = mems[0].shape[1] if mems is not None else 0
+        mem_len = mems[0].shape[1] if mems else 0
         m = prepend_embeds.shape[1] if prepend_embeds is not None else 0
         if prefill:
             prefix_length = cfg.num_memory_kv + mem_len + cfg.num_memory_tokens
