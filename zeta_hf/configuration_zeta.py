@@ -449,22 +449,28 @@ class ZetaConfig(PreTrainedConfig):
 
         Not for encoders (earlier tokens would attend to later ones), for xpos with Zeta's value rotation (values are
         scaled by an offset that depends on the total length), for Zeta's inverted sparse top-k (it ranks future
-        keys too), or for models without self-attention.
+        keys too), for models without self-attention, or for Zeta's windowed cross-attention (it places the
+        queries by how many there are in a call).
         """
         return (
             self.is_causal
             and not (self.rotary_xpos and self.rotary_rotate_values)
             and not (self.sparse_topk is not None and self.sparse_topk_mode == "zeta_inverted")
             and "attn" in self.layer_pattern
+            and not ("cross" in self.layer_pattern and self.max_attend_past is not None)
         )
 
     @property
     def padding_invariant(self) -> bool:
         """Whether a left-padded row gives exactly the unpadded result. Token shifting reads the neighbouring
         position, which is padding (or, in feedforward layers, an unmasked pad's features, as in Zeta); xpos with
-        value rotation centres its scale on the padded length."""
+        value rotation centres its scale on the padded length; Zeta's inverted top-k ranks the padded keys too."""
         # xpos with value rotation centres its scale on the padded length
-        return not any(self.layer_shift_tokens) and not (self.rotary_xpos and self.rotary_rotate_values)
+        return (
+            not any(self.layer_shift_tokens)
+            and not (self.rotary_xpos and self.rotary_rotate_values)
+            and not (self.sparse_topk is not None and self.sparse_topk_mode == "zeta_inverted")
+        )
 
     @property
     def extra_key_slots(self) -> int:

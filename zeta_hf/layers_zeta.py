@@ -118,8 +118,9 @@ def attention_scores(
         ranked = scores if position_bias is None else scores + position_bias
         scores = scores.masked_fill(ranked >= ranked.topk(topk, dim=-1).values[..., -1:], min_value)
     if attention_mask is not None:
-        # clamp keeps masked entries finite (no -inf), so fully masked rows and residual attention never give NaN
-        scores = (scores + attention_mask).clamp(min=min_value)
+        # masked entries are set, not added (mixed heads may have pushed them to +-inf), and everything stays
+        # finite, so fully masked rows and residual attention never give NaN
+        scores = torch.where(attention_mask == min_value, min_value, (scores + attention_mask).clamp(min=min_value))
     if topk is not None and module.sparse_topk_mode == "top_k" and topk < scores.shape[-1]:
         scores = scores.masked_fill(scores < scores.topk(topk, dim=-1).values[..., -1:], min_value)
     return scores
@@ -181,6 +182,16 @@ class ZetaAttention(nn.Module):
         talking = config.talking_heads
         self.pre_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
         self.post_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
+        # initialisation roles, read by ZetaPreTrainedModel._init_weights
+        if config.norm_placement == "deepnorm":  # DeepNet: beta gain on values and output, 1 elsewhere
+            beta = (8 * config.num_hidden_layers) ** -0.25
+            for linear, gain in ((self.q_proj, 1.0), (self.k_proj, 1.0), (self.v_proj, beta), (self.o_proj, beta)):
+                if linear is not None:
+                    linear.zeta_init = gain
+        if config.zero_init_attn_output:
+            self.o_proj.zeta_init = "zeros"
+        if self.v_gate is not None:
+            self.v_gate.zeta_init = "open_gate"
         if config.qk_norm and config.qk_norm_dim_scale:
             self.q_scale = nn.Parameter(torch.ones(d))
             self.k_scale = nn.Parameter(torch.ones(d))
@@ -283,6 +294,10 @@ class ZetaFeedForward(nn.Module):
         self.post_act_norm = nn.LayerNorm(inner) if config.ff_post_act_ln else nn.Identity()
         self.dropout = nn.Dropout(config.ff_dropout)
         self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.ff_bias)
+        if config.norm_placement == "deepnorm":
+            self.up_proj.zeta_init = self.down_proj.zeta_init = (8 * config.num_hidden_layers) ** -0.25
+        if config.zero_init_ff_output:
+            self.down_proj.zeta_init = "zeros"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.glu:

@@ -159,19 +159,41 @@ class ZetaPreTrainedModel(PreTrainedModel):
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots."""
+        """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots.
+
+        transformers skips modules that own no parameters, so special choices (zero-init outputs, open value gates,
+        DeepNet gains, the token embedding's init) are tagged on the leaf module itself as `zeta_init`.
+        """
+        role = getattr(module, "zeta_init", None)
         if isinstance(module, nn.Linear):
-            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if role == "zeros":
+                init.zeros_(module.weight)
+            elif role == "open_gate":  # gates start fully open
+                init.zeros_(module.weight)
+                init.ones_(module.bias)
+                return
+            elif isinstance(role, float):  # DeepNet: xavier-normal with a gain
+                init.xavier_normal_(module.weight, gain=role)
+            else:
+                init.kaiming_uniform_(module.weight, a=5**0.5)
             if module.bias is not None:
-                bound = module.in_features**-0.5
-                init.uniform_(module.bias, -bound, bound)
+                if role is None:
+                    bound = module.in_features**-0.5
+                    init.uniform_(module.bias, -bound, bound)
+                else:
+                    init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            if role == "kaiming_normal":
+                init.kaiming_normal_(module.weight)
+            else:
+                init.normal_(module.weight, std=1e-5 if role == "small_normal" else 1.0)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (ZetaRMSNorm,)):
             init.ones_(module.weight)
         elif isinstance(module, ZetaScaleNorm):
-            init.constant_(module.weight, module.weight.shape[0] and self.config.hidden_size**-0.5)
+            init.constant_(module.weight, self.config.hidden_size**-0.5)
         elif isinstance(module, ScaledSinusoidalEmbedding):
             init.constant_(module.scale, self.config.input_dim**-0.5)
             init.copy_(module.inv_freq, module.compute_inv_freq(self.config.input_dim, module.theta))
@@ -180,8 +202,6 @@ class ZetaPreTrainedModel(PreTrainedModel):
             init.copy_(module.xpos_scale, module.compute_xpos_scale())
         elif isinstance(module, AlibiPositionBias):
             init.copy_(module.slopes, module.compute_slopes())
-        elif isinstance(module, T5RelativePositionBias):
-            init.normal_(module.relative_attention_bias.weight)
         elif isinstance(module, nn.Conv2d):  # talking heads
             init.kaiming_uniform_(module.weight, a=5**0.5)
         elif isinstance(module, nn.GRUCell):
@@ -190,57 +210,16 @@ class ZetaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (ZetaResidual, ZetaGRUResidual)) and module.residual_scale is not None:
             init.ones_(module.residual_scale)
         elif isinstance(module, ZetaAttention):
-            self._init_attention(module)
-        elif isinstance(module, ZetaFeedForward):
-            if self.config.norm_placement == "deepnorm":
-                for linear in (module.up_proj, module.down_proj):
-                    self._init_deepnorm(linear, gain=self._deepnorm_beta)
-            if self.config.zero_init_ff_output:
-                init.zeros_(module.down_proj.weight)
-                if module.down_proj.bias is not None:
-                    init.zeros_(module.down_proj.bias)
-        elif isinstance(module, ZetaModel):
-            if module.memory_tokens is not None:
-                init.normal_(module.memory_tokens)
-            std_small = 1e-5 if self.config.l2norm_embed else None
-            if isinstance(module.embed_tokens, nn.Embedding):
-                if std_small:
-                    init.normal_(module.embed_tokens.weight, std=std_small)
-                else:
-                    init.kaiming_normal_(module.embed_tokens.weight)
-            if module.embed_positions is not None and hasattr(module.embed_positions, "emb"):
-                init.normal_(module.embed_positions.emb.weight, std=std_small or 1.0)
-
-    @property
-    def _deepnorm_beta(self) -> float:
-        return (8 * self.config.num_hidden_layers) ** -0.25
-
-    @staticmethod
-    def _init_deepnorm(linear: nn.Linear, gain: float) -> None:
-        init.xavier_normal_(linear.weight, gain=gain)
-        if linear.bias is not None:
-            init.zeros_(linear.bias)
-
-    def _init_attention(self, module: "ZetaAttention") -> None:
-        """Runs after the module's own Linear children, so the choices here win."""
-        if module.q_scale is not None:
-            init.ones_(module.q_scale)
-            init.ones_(module.k_scale)
-        if module.memory_k is not None:
-            init.normal_(module.memory_k)
-            init.normal_(module.memory_v)
-        if module.head_scale is not None:
-            init.ones_(module.head_scale)
-        if self.config.norm_placement == "deepnorm":  # DeepNet: beta gain on values and output, 1 elsewhere
-            for linear, gain in ((module.q_proj, 1.0), (module.k_proj, 1.0), (module.v_proj, self._deepnorm_beta),
-                                 (module.o_proj, self._deepnorm_beta)):
-                if linear is not None:
-                    self._init_deepnorm(linear, gain)
-        if module.v_gate is not None:  # gates start fully open
-            init.zeros_(module.v_gate.weight)
-            init.ones_(module.v_gate.bias)
-        if self.config.zero_init_attn_output:
-            init.zeros_(module.o_proj.weight)
+            if module.q_scale is not None:
+                init.ones_(module.q_scale)
+                init.ones_(module.k_scale)
+            if module.memory_k is not None:
+                init.normal_(module.memory_k)
+                init.normal_(module.memory_v)
+            if module.head_scale is not None:
+                init.ones_(module.head_scale)
+        elif isinstance(module, ZetaModel) and module.memory_tokens is not None:
+            init.normal_(module.memory_tokens)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -288,8 +267,12 @@ class ZetaModel(ZetaPreTrainedModel):
             self.embed_tokens = _load_embedding_provider(config.embedding_provider)(config.vocab_size, config.input_dim)
         else:
             self.embed_tokens = nn.Embedding(config.vocab_size, config.input_dim)
+        if isinstance(self.embed_tokens, nn.Embedding):
+            self.embed_tokens.zeta_init = "small_normal" if config.l2norm_embed else "kaiming_normal"
         abs_cls = ABSOLUTE_POSITION_CLASSES.get(config.absolute_position_embedding)
         self.embed_positions = abs_cls(config) if abs_cls is not None else None
+        if config.l2norm_embed and hasattr(self.embed_positions, "emb"):
+            self.embed_positions.emb.zeta_init = "small_normal"
         self.post_emb_norm = nn.LayerNorm(config.input_dim) if config.post_emb_norm else nn.Identity()
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.project_emb = (
@@ -575,7 +558,7 @@ class ZetaModel(ZetaPreTrainedModel):
             if prefill and cfg.num_memory_tokens:
                 rows = torch.cat((torch.ones(b, cfg.num_memory_tokens, dtype=rows.dtype, device=device), rows), dim=1)
             query_keep = rows[..., None].to(x.dtype)  # (b, i, 1)
-        cross_mask = self._cross_attention_mask(encoder_hidden_states, encoder_attention_mask, x.dtype)
+        cross_mask = self._cross_attention_mask(encoder_hidden_states, encoder_attention_mask, x.shape[1], x.dtype)
 
         n_mem_tok = cfg.num_memory_tokens if prefill else 0
         all_hidden, all_attn, layer_inputs = [], [], []
@@ -627,8 +610,10 @@ class ZetaModel(ZetaPreTrainedModel):
             attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
         )
 
-    def _cross_attention_mask(self, context: torch.Tensor | None, context_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
-        """Additive mask (b, 1, 1, m) over the encoder states (plus memory slots in front), or None."""
+    def _cross_attention_mask(
+        self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype
+    ) -> torch.Tensor | None:
+        """Additive mask (b | 1, 1, 1 | i, j) over the encoder states (memory slots in front), or None."""
         cfg = self.config
         if not self.has_cross_attention:
             if context is not None:
@@ -640,14 +625,28 @@ class ZetaModel(ZetaPreTrainedModel):
             raise ValueError(
                 f"`encoder_hidden_states` must have shape (batch, length, {cfg.hidden_size}), but got {tuple(context.shape)}."
             )
-        if context_mask is None:
+        window = cfg.max_attend_past
+        if context_mask is None and window is None:
             return None
-        if context_mask.shape != context.shape[:2]:
-            raise ValueError(
-                f"`encoder_attention_mask` must have shape {tuple(context.shape[:2])}, but got {tuple(context_mask.shape)}."
+        b, m = context.shape[:2]
+        j = cfg.num_memory_kv + m
+        keep = torch.ones(1, 1, 1, j, dtype=torch.bool, device=context.device)
+        if context_mask is not None:
+            if context_mask.shape != context.shape[:2]:
+                raise ValueError(
+                    f"`encoder_attention_mask` must have shape {tuple(context.shape[:2])}, but got "
+                    f"{tuple(context_mask.shape)}."
+                )
+            keep = F.pad(context_mask.bool(), (cfg.num_memory_kv, 0), value=True)[:, None, None, :]  # (b, 1, 1, j)
+        if window is not None:
+            # Zeta windows cross-attention by index too: the i queries are taken as the last i of the j keys.
+            # That depends on how many queries a call has, which is why such models are not cached.
+            distance = (j - num_queries + torch.arange(num_queries, device=context.device))[:, None] - torch.arange(
+                j, device=context.device
             )
-        keep = F.pad(context_mask.bool(), (cfg.num_memory_kv + cfg.extra_key_slots, 0), value=True)
-        return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
+            keep = keep & (distance <= window)[None, None]  # (b, 1, i, j)
+        keep = F.pad(keep, (cfg.extra_key_slots, 0), value=True)
+        return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
 class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
