@@ -158,9 +158,8 @@ CASES = [
      ValueError, ["encoder_attention_mask", "(1, 5)", "(1, 4)"]),
 ]
 
-# Checks that `ZetaModel._check_inputs` / `_cross_attention_mask` do not make yet (today: silently cast, or a
-# RuntimeError inside torch); the code to add is in notes_reliability_readme.md. Strict: the suite says when it lands.
-PENDING_CASES = [
+CASES += [
+    # mems, integer positions and encoder states of the wrong kind
     ("mems-integer-dtype", lambda: model("absolute")(ids(4), mems=[torch.zeros(1, 3, DIM, dtype=torch.long)] * DEPTH),
      TypeError, ["mems[0]", "torch.int64"]),
     ("mems-other-device", lambda: model("absolute")(ids(4), mems=[torch.zeros(1, 3, DIM, device="meta")] * DEPTH),
@@ -173,11 +172,9 @@ PENDING_CASES = [
      lambda: model("cross")(ids(4), encoder_hidden_states=torch.zeros(1, 5, DIM, dtype=torch.long)), TypeError,
      ["encoder_hidden_states", "torch.int64"]),
 ]
-_PENDING = pytest.mark.xfail(strict=True, reason="needs the input checks proposed in notes_reliability_readme.md")
 
 
-@pytest.mark.parametrize("call,exc_type,fragments", [pytest.param(*c[1:], id=c[0]) for c in CASES]
-                         + [pytest.param(*c[1:], id=c[0], marks=_PENDING) for c in PENDING_CASES])
+@pytest.mark.parametrize("call,exc_type,fragments", [pytest.param(*c[1:], id=c[0]) for c in CASES])
 def test_bad_input_raises_clear_error(call, exc_type, fragments):
     with torch.no_grad(), pytest.raises(Exception) as info:
         call()

@@ -162,6 +162,8 @@ INVALID = [
     ("xpos-with-alibi", dict(rotary_xpos=True, position_embedding="alibi"), ["rotary_xpos", "'alibi'"]),
     ("xpos-encoder", dict(position_embedding="rotary", rotary_xpos=True, is_causal=False), ["rotary_xpos", "is_causal"]),
     ("rotary-dim-odd", dict(position_embedding="rotary", rotary_emb_dim=7), ["rotary_emb_dim", "7"]),
+    ("rotary-dim-2-rescaled", dict(position_embedding="rotary", rotary_emb_dim=2, rotary_base_rescale_factor=2.0),
+     ["rotary_base_rescale_factor", "rotary_emb_dim", ">= 4"]),
     ("rotary-dim-too-big", dict(position_embedding="rotary", head_dim=64, rotary_emb_dim=128), ["rotary_emb_dim", "128"]),
     ("rotary-interp-below-1", dict(position_embedding="rotary", rotary_interpolation_factor=0.5),
      ["rotary_interpolation_factor", "0.5"]),
@@ -270,7 +272,8 @@ def valid_config_kwargs(draw) -> dict:
         kw["rotary_emb_dim"] = draw(st.sampled_from([None, 2, 4, head_dim]))
         kw["rotary_rotate_values"] = draw(st.booleans())
         kw["rotary_interpolation_factor"] = draw(st.sampled_from([1.0, 2.0]))
-        kw["rotary_base_rescale_factor"] = draw(st.sampled_from([1.0, 2.0]))
+        if kw["rotary_emb_dim"] != 2:  # NTK rescaling needs a rotary width of 4 or more
+            kw["rotary_base_rescale_factor"] = draw(st.sampled_from([1.0, 2.0]))
         if kw["is_causal"]:
             kw["rotary_xpos"] = draw(st.booleans())
     elif position == "alibi":

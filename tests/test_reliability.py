@@ -25,10 +25,6 @@ from zeta_hf import ZetaConfig, ZetaForCausalLM
 VOCAB, MAX_LEN, DIM = 32, 16, 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 ENV.pop("ZETA_HF_DEBUG", None)
-# Tests of behaviour that needs a hook outside save_pretrained (see notes_reliability_readme.md, "Proposals"):
-# delete this marker once `ZetaPreTrainedModel.from_pretrained` / `ZetaConfig.from_dict` / the embedding-provider
-# check land; strict, so the suite says when that has happened.
-NEEDS_HOOK = pytest.mark.xfail(strict=True, reason="needs the loading hooks proposed in notes_reliability_readme.md")
 
 
 def tiny_config(**overrides) -> ZetaConfig:
@@ -186,14 +182,18 @@ FAULTS = [
                  id="invalid-combination"),
     pytest.param(edit_config(hidden_size=64), RuntimeError, ["ignore_mismatched_sizes"], id="hidden-size-changed"),
     pytest.param(edit_config(vocab_size=40), RuntimeError, ["ignore_mismatched_sizes"], id="vocab-size-changed"),
-    pytest.param(edit_config(model_type="llama"), ValueError, ["model_type", "llama"], marks=NEEDS_HOOK,
+    pytest.param(edit_config(model_type="llama"), ValueError, ["model_type", "llama"],
                  id="wrong-model-type"),
-    pytest.param(edit_weights(drop_key), ValueError, ["model.layers.0.pre_norm.weight", "missing"], marks=NEEDS_HOOK,
+    pytest.param(edit_weights(drop_key), ValueError, ["model.layers.0.pre_norm.weight", "missing"],
                  id="missing-weight"),
-    pytest.param(edit_weights(add_key), ValueError, ["model.bogus.weight", "unexpected"], marks=NEEDS_HOOK,
+    pytest.param(edit_weights(add_key), ValueError, ["model.bogus.weight", "unexpected"],
                  id="unexpected-weight"),
-    pytest.param(print_provider, ValueError, ["embedding_provider", "builtins:print"], marks=NEEDS_HOOK,
+    pytest.param(print_provider, ValueError, ["embedding_provider", "builtins:print"],
                  id="embedding-provider-from-stdlib"),
+    # a stdlib callable reached through a non-stdlib module is refused too (it is never called)
+    pytest.param(edit_config(embedding_provider="zeta_hf.modeling_zeta:sys.exit"), ValueError,
+                 ["embedding_provider", "must be defined in 'zeta_hf.modeling_zeta'", "'sys'"],
+                 id="embedding-provider-re-exported"),
 ]
 
 

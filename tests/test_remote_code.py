@@ -39,6 +39,7 @@ CHILD = textwrap.dedent(
     sys.modules.pop("zeta_hf", None)
 
     import torch
+    torch.set_num_threads(1)  # as the parent (conftest): same reduction order, so 1e-6 holds
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     folder, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))

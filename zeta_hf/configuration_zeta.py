@@ -252,6 +252,17 @@ class ZetaConfig(PreTrainedConfig):
             )
 
     @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "ZetaConfig":
+        """`PreTrainedConfig.from_dict`, refusing a config.json of another model type (transformers only warns)."""
+        found = config_dict.get("model_type", cls.model_type)
+        if found != cls.model_type:
+            raise ValueError(
+                f"This configuration is for a {found!r} model, not a Zeta model (`model_type` must be "
+                f"{cls.model_type!r})."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
     def option_names(cls) -> set[str]:
         """Every option a user sets: the fields this class adds to `PreTrainedConfig`, plus Zeta's aliases."""
         base = set(PreTrainedConfig.__dataclass_fields__)
@@ -340,6 +351,12 @@ class ZetaConfig(PreTrainedConfig):
             if self.rotary_emb_dim % 2 or self.rotary_emb_dim > self.head_dim:
                 raise ValueError(
                     f"`rotary_emb_dim` must be even and at most `head_dim` ({self.head_dim}), but got {self.rotary_emb_dim}."
+                )
+            if self.rotary_base_rescale_factor != 1.0 and self.rotary_emb_dim < 4:
+                # NTK rescaling raises the base to dim / (dim - 2): undefined for a 2-wide rotary
+                raise ValueError(
+                    f"`rotary_base_rescale_factor` ({self.rotary_base_rescale_factor}) needs `rotary_emb_dim` >= 4, "
+                    f"but got {self.rotary_emb_dim}."
                 )
             if self.rotary_rotate_values and self.value_dim < self.rotary_emb_dim:
                 raise ValueError(

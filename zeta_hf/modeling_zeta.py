@@ -12,6 +12,11 @@ Everything before the tokens is a prefix that is written into the KV cache at pr
 from __future__ import annotations
 
 import importlib
+import os
+import re
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,11 +103,6 @@ class ZetaPreTrainedModel(PreTrainedModel):
         one rename per file into an existing one (it may hold other files: a tokenizer, a card, Trainer checkpoints).
         Weight files move first and a stale weights file is deleted only once the new ones are complete.
         """
-        import os
-        import re
-        import shutil
-        import tempfile
-
         # transformers only lists the saved class in `auto_map`; list all three so `AutoModel` works remotely too.
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
@@ -157,6 +157,37 @@ class ZetaPreTrainedModel(PreTrainedModel):
             return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint of this very class that leaves weights random.
+
+        transformers only warns about missing / unexpected weights and initialises the missing ones randomly. For a
+        checkpoint saved by the class being loaded that means a damaged file or an edited config.json, so it is an
+        error. Loading into another class (a classifier from a causal LM checkpoint, the base model) keeps
+        transformers' rule: the new head starts untrained.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if cls.__name__ in (model.config.architectures or []):
+            kinds = ("missing_keys", "unexpected_keys")
+            if not kwargs.get("ignore_mismatched_sizes"):
+                kinds += ("mismatched_keys",)
+            problems = [
+                f"{kind.replace('_', ' ')}: "
+                f"{', '.join(sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)[:8])}"
+                for kind in kinds
+                if (keys := info.get(kind))
+            ]
+            if problems:
+                raise ValueError(
+                    f"The checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__} "
+                    f"({'; '.join(problems)}), so part of the model would be randomly initialised. Is a weights "
+                    "file damaged or config.json edited?"
+                )
+        return (model, info) if want_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots.
@@ -228,13 +259,26 @@ class ZetaPreTrainedModel(PreTrainedModel):
 
 
 def _load_embedding_provider(path: str) -> Callable[[int, int], nn.Module]:
+    """Import the `(num_tokens, dim) -> nn.Module` factory named "module:attr" by `config.embedding_provider`."""
     module_name, _, attr = path.partition(":")
+    # config.json can name this and loading needs no trust_remote_code, so only a factory defined in a non-standard
+    # module is called: "os:kill" would otherwise run kill(vocab_size, dim) inside from_pretrained.
+    if module_name.split(".")[0] in sys.stdlib_module_names or module_name.split(".")[0] == "builtins":
+        raise ValueError(
+            f"`embedding_provider` {path!r} names a standard-library callable; it must be a "
+            "`(num_tokens, dim) -> nn.Module` factory from your own package."
+        )
     try:
         factory = importlib.import_module(module_name)
         for part in attr.split("."):
             factory = getattr(factory, part)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"`embedding_provider` {path!r} could not be imported: {err}.") from err
+    if getattr(factory, "__module__", None) != module_name:  # re-exports such as "mypkg:system" are refused
+        raise ValueError(
+            f"`embedding_provider` {path!r} must be defined in {module_name!r}, but it comes from "
+            f"{getattr(factory, '__module__', None)!r}."
+        )
     return factory
 
 
@@ -340,6 +384,8 @@ class ZetaModel(ZetaPreTrainedModel):
                 raise ValueError(f"`{name}` must have shape {expected}, but got {tuple(tensor.shape)}.")
         if pos is not None and pos.dtype.is_floating_point and pos.shape[-2:] != (n, width):
             raise ValueError(f"`pos` as a float tensor must have shape (.., {n}, {width}), but got {tuple(pos.shape)}.")
+        if pos is not None and not pos.dtype.is_floating_point and pos.shape[-1] != n:
+            raise ValueError(f"`pos` as integer positions must have shape (batch | 1, {n}), but got {tuple(pos.shape)}.")
         if mems is not None:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("`mems` can only be passed with an empty cache: after prefill they live in the cache.")
@@ -348,6 +394,10 @@ class ZetaModel(ZetaPreTrainedModel):
                 got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
                 raise ValueError(f"`mems` must be a list of {n_attn} tensors (one per attention layer), but got {got}.")
             for i, m in enumerate(mems):
+                if not m.dtype.is_floating_point:
+                    raise TypeError(f"`mems[{i}]` must be a floating-point tensor, but got dtype {m.dtype}.")
+                if m.device != seq.device:
+                    raise ValueError(f"`mems[{i}]` is on device {m.device}, but the inputs are on {seq.device}.")
                 if m.dim() != 3 or m.shape[0] != seq.shape[0] or m.shape[2] != self.config.hidden_size:
                     raise ValueError(
                         f"`mems[{i}]` must have shape (batch={seq.shape[0]}, mem_len, dim={self.config.hidden_size}), "
@@ -558,7 +608,9 @@ class ZetaModel(ZetaPreTrainedModel):
             if prefill and cfg.num_memory_tokens:
                 rows = torch.cat((torch.ones(b, cfg.num_memory_tokens, dtype=rows.dtype, device=device), rows), dim=1)
             query_keep = rows[..., None].to(x.dtype)  # (b, i, 1)
-        cross_mask = self._cross_attention_mask(encoder_hidden_states, encoder_attention_mask, x.shape[1], x.dtype)
+        cross_mask = self._cross_attention_mask(
+            encoder_hidden_states, encoder_attention_mask, x.shape[1], x.dtype, x.shape[0]
+        )
 
         n_mem_tok = cfg.num_memory_tokens if prefill else 0
         all_hidden, all_attn, layer_inputs = [], [], []
@@ -611,7 +663,7 @@ class ZetaModel(ZetaPreTrainedModel):
         )
 
     def _cross_attention_mask(
-        self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype
+        self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype, batch: int
     ) -> torch.Tensor | None:
         """Additive mask (b | 1, 1, 1 | i, j) over the encoder states (memory slots in front), or None."""
         cfg = self.config
@@ -621,10 +673,13 @@ class ZetaModel(ZetaPreTrainedModel):
             return None
         if context is None:
             raise ValueError("This model has cross-attention layers: pass `encoder_hidden_states` (Zeta's `context`).")
-        if context.dim() != 3 or context.shape[-1] != cfg.hidden_size:
+        if context.dim() != 3 or context.shape[-1] != cfg.hidden_size or context.shape[0] != batch:
             raise ValueError(
-                f"`encoder_hidden_states` must have shape (batch, length, {cfg.hidden_size}), but got {tuple(context.shape)}."
+                f"`encoder_hidden_states` must have shape (batch={batch}, length, {cfg.hidden_size}), but got "
+                f"{tuple(context.shape)}."
             )
+        if not context.dtype.is_floating_point:
+            raise TypeError(f"`encoder_hidden_states` must be a floating-point tensor, but got dtype {context.dtype}.")
         window = cfg.max_attend_past
         if context_mask is None and window is None:
             return None

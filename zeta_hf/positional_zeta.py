@@ -63,7 +63,9 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: ZetaConfig):
         super().__init__()
         self.dim = config.rotary_emb_dim
-        self.base = config.rotary_base * config.rotary_base_rescale_factor ** (self.dim / (self.dim - 2))
+        self.base = config.rotary_base
+        if config.rotary_base_rescale_factor != 1.0:  # NTK-aware rescale; validation keeps dim >= 4 here
+            self.base = self.base * config.rotary_base_rescale_factor ** (self.dim / (self.dim - 2))
         self.interpolation_factor = config.rotary_interpolation_factor
         self.use_xpos = config.rotary_xpos
         self.xpos_scale_base = config.rotary_xpos_scale_base
