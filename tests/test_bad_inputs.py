@@ -224,3 +224,15 @@ def test_correct_mems_and_mask_are_accepted():
         out = m(ids(4), mems=mems(), output_mems=True, attention_mask=torch.tensor([[0, 1, 1, 1]]))
     assert out.logits.shape == (1, 4, VOCAB)
     assert len(out.mems) == DEPTH
+
+
+def test_generation_may_fill_the_position_table_exactly():
+    # the last new token is sampled from the last embedded position, never embedded itself
+    m = model("absolute")
+    with torch.no_grad():
+        out = m.generate(ids(MAX_LEN - 3), max_new_tokens=4, do_sample=False)
+        expected = m(out[:, :MAX_LEN]).logits[:, -1].argmax(-1)
+    assert out.shape[1] == MAX_LEN + 1
+    assert out[0, -1] == expected[0]
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        m.generate(ids(MAX_LEN - 3), max_new_tokens=5, do_sample=False)

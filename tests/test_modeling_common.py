@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import zeta_hf  # noqa: F401  (registers the "zeta" model type with the Auto classes)
@@ -385,9 +385,24 @@ class ModelCheckMixin:
         assert cached.shape == (BATCH, PROMPT + NEW_TOKENS)
         assert_tokens_equal(cached, uncached, "beam search cached vs uncached")
 
+    def test_generate_static_cache_equals_manual_loop(self, config):
+        """A static cache (fixed key axis, for torch.compile) gives the same tokens, or is refused up front."""
+        self.require_causal(config)
+        self.require_cache(config)  # uncacheable models generate without a cache, whatever cache is asked for
+        model = self.build(config)
+        ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
+        if not config.supports_static_cache:
+            with pytest.raises(ValueError, match="static cache"):
+                model.generate(ids, do_sample=False, cache_implementation="static", **enc, **GEN)
+            return
+        expected = self.greedy_loop(model, ids, **enc)
+        static = model.generate(ids, do_sample=False, cache_implementation="static", **enc, **GEN)
+        assert_tokens_equal(static, expected, "static-cache greedy generate vs manual greedy loop")
+
     # ---- 4. incremental forward equals full forward ----
+    @pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
     @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-    def test_incremental_forward_equals_full(self, config, attn_implementation):
+    def test_incremental_forward_equals_full(self, config, attn_implementation, cache_kind):
         self.require_causal(config)
         self.require_cache(config)
         model = self.build(config, attn_implementation)
@@ -395,6 +410,10 @@ class ModelCheckMixin:
         with torch.no_grad():
             full = model(ids, mems=mems, use_cache=False, **enc).logits
             cache = DynamicCache()
+            if cache_kind == "static":
+                if not config.supports_static_cache or mems is not None:
+                    pytest.skip("config.supports_static_cache is False (or XL mems, which a static cache refuses)")
+                cache = StaticCache(config=model.config, max_cache_len=12)
             # prefix of 4, then one token at a time, then a chunk of 3
             steps = [(0, 4), (4, 5), (5, 6), (6, 9)]
             parts = []

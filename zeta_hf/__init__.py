@@ -53,3 +53,6 @@ from .zeta_api import Decoder, Encoder, Transformer  # noqa: E402  (after regist
 from .convert_zeta import convert_zeta_checkpoint  # noqa: E402
 
 __all__ += ["Transformer", "Decoder", "Encoder", "convert_zeta_checkpoint"]
+from .streaming import generate_with_memory, stream_with_memory  # noqa: E402
+
+__all__ += ["generate_with_memory", "stream_with_memory"]

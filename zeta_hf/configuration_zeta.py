@@ -478,6 +478,22 @@ class ZetaConfig(PreTrainedConfig):
         )
 
     @property
+    def supports_static_cache(self) -> bool:
+        """Whether `cache_implementation="static"` (a fixed-size key axis, what `torch.compile` needs) can serve this
+        model: a cacheable decoder whose key axis holds only tokens, with no relative position bias over it."""
+        return (
+            self.supports_cache
+            and self.is_causal
+            and self.position_embedding in ("rotary", "none")
+            and self.num_memory_tokens == 0
+            and self.num_memory_kv == 0
+            and self.extra_key_slots == 0
+            and self.max_attend_past is None
+            and not any(self.layer_shift_tokens)
+            and "cross" not in self.layer_pattern
+        )
+
+    @property
     def padding_invariant(self) -> bool:
         """Whether a left-padded row gives exactly the unpadded result. Token shifting reads the neighbouring
         position, which is padding (or, in feedforward layers, an unmasked pad's features, as in Zeta); xpos with

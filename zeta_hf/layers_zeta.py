@@ -387,6 +387,74 @@ class ZetaTokenShift(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# KV cache: appending a token copies one token
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class GrowingKVLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys/values are views into a buffer with headroom.
+
+    `DynamicLayer` concatenates at every step, copying the whole cache per token and layer: at a context of a few
+    thousand tokens that copy costs more than the layer's matmuls. Here a token is written into spare room and the
+    buffer is reallocated only when full (with 25% / 256 tokens of headroom), so the copying per token is amortised
+    O(1). Values are exactly those `DynamicLayer` would hold. The generic methods (crop, beam reorder, batch select,
+    offload) replace `self.keys` by a new tensor; the next update notices and adopts it into a fresh buffer.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = self.value_buffer = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # buffer bookkeeping is not traceable: concatenate as DynamicLayer does
+            self.key_buffer = self.value_buffer = None
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        total = length + key_states.shape[-2]
+        buffer = self.key_buffer
+        in_place = (
+            buffer is not None
+            and total <= buffer.shape[-2]
+            and buffer.shape[:2] == key_states.shape[:2]
+            and buffer.dtype == key_states.dtype
+            and (length == 0 or (self.keys.data_ptr() == buffer.data_ptr()
+                                 and self.values.data_ptr() == self.value_buffer.data_ptr()))
+        )
+        if not in_place:  # (re)allocate with headroom and adopt what is cached
+            capacity = total + max(256, total // 4)
+            b, h = key_states.shape[:2]
+            self.key_buffer = key_states.new_empty(b, h, capacity, key_states.shape[-1])
+            self.value_buffer = value_states.new_empty(b, h, capacity, value_states.shape[-1])
+            if length:
+                self.key_buffer[:, :, :length] = self.keys
+                self.value_buffer[:, :, :length] = self.values
+        self.key_buffer[:, :, length:total] = key_states
+        self.value_buffer[:, :, length:total] = value_states
+        self.keys = self.key_buffer[:, :, :total]  # (b, h, total, d) view
+        self.values = self.value_buffer[:, :, :total]
+        return self.keys, self.values
+
+    def reset(self) -> None:
+        self.key_buffer = self.value_buffer = None
+        super().reset()
+
+
+def use_growing_kv_layers(cache: Cache, num_layers: int) -> None:
+    """Give the first `num_layers` slots of a fresh `DynamicCache` growing layers (others are left as they are)."""
+    if getattr(cache, "offloading", False) or cache.layer_class_to_replicate not in (None, DynamicLayer):
+        return
+    while len(cache.layers) < num_layers:
+        cache.layers.append(GrowingKVLayer())
+    for i in range(num_layers):
+        if type(cache.layers[i]) is DynamicLayer and not cache.layers[i].is_initialized:
+            cache.layers[i] = GrowingKVLayer()
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # One residual layer: norm placement, branch, residual
 # --------------------------------------------------------------------------------------------------------------------
 

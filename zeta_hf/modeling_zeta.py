@@ -44,6 +44,7 @@ from .layers_zeta import (
     ZetaRMSNorm,
     ZetaScaleNorm,
     make_norm,
+    use_growing_kv_layers,
 )
 from .positional_zeta import (
     ABSOLUTE_POSITION_CLASSES,
@@ -291,6 +292,23 @@ def unpadded_positions(mask: torch.Tensor) -> torch.Tensor:
     return (torch.arange(mask.shape[-1], device=mask.device) - leading_pads).clamp(min=0)
 
 
+def static_cache_mask(
+    cache: Cache, attention_mask: torch.Tensor | None, batch: int, num_queries: int, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """Additive causal mask (b | 1, 1, n, max_cache_len) over a static cache's fixed key axis.
+
+    Slots past the filled part hold zeros and are masked; a 2D `attention_mask` (b, filled + n) masks padded keys.
+    """
+    past = cache.get_seq_length()
+    total = cache.get_max_length(layer_idx=0)
+    query_index = past + torch.arange(num_queries, device=device)  # (n,)
+    keep = (torch.arange(total, device=device)[None, :] <= query_index[:, None])[None, None]  # (1, 1, n, total)
+    if attention_mask is not None:
+        padded = F.pad(attention_mask.bool(), (0, total - attention_mask.shape[-1]), value=False)  # (b, total)
+        keep = keep & padded[:, None, None, :]
+    return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
 @dataclass
 class _Layout:
     """Where everything sits on the key axis for one forward call."""
@@ -499,7 +517,8 @@ class ZetaModel(ZetaPreTrainedModel):
         elif self.embed_positions is not None:
             ids = pos if pos is not None else position_ids
             if isinstance(self.embed_positions, nn.Module) and hasattr(self.embed_positions, "emb"):
-                if ids.numel() and (ids.max() >= cfg.max_position_embeddings or ids.min() < 0):
+                checkable = ids.numel() and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+                if checkable and (ids.max() >= cfg.max_position_embeddings or ids.min() < 0):
                     raise ValueError(
                         f"Position {int(ids.max())} is outside the learned absolute position table of size "
                         f"`max_position_embeddings`={cfg.max_position_embeddings}; sequences (and generation) can be at "
@@ -555,7 +574,10 @@ class ZetaModel(ZetaPreTrainedModel):
         seq = input_ids if input_ids is not None else inputs_embeds
         b, n = seq.shape[:2]
         device = seq.device
-        past_length = cache.get_seq_length() if cache is not None else 0
+        # A fixed-size (static) cache: keys past the filled part exist and are masked; see `static_cache_mask`. Its
+        # length is a tensor (so a compiled decode step does not recompile); nothing below needs it as a number.
+        static = cache is not None and cache.is_compileable
+        past_length = cache.get_seq_length() if cache is not None and not static else 0
         prefill = past_length == 0
         if not prefill and prepend_embeds is not None:
             raise ValueError("`prepend_embeds` can only be passed at prefill, with an empty cache.")
@@ -565,6 +587,8 @@ class ZetaModel(ZetaPreTrainedModel):
             prefix_length = cfg.num_memory_kv + mem_len + cfg.num_memory_tokens
             if cache is not None:
                 cache.zeta_prefix = (prefix_length, m)  # the cache remembers its own layout
+                if isinstance(cache, DynamicCache):
+                    use_growing_kv_layers(cache, cfg.num_attention_layers)
         else:
             prefix_length, m = getattr(cache, "zeta_prefix", (cfg.num_memory_kv + cfg.num_memory_tokens, 0))
         layout = _Layout(
@@ -575,8 +599,15 @@ class ZetaModel(ZetaPreTrainedModel):
             num_queries=(cfg.num_memory_tokens if prefill else 0) + (m if prefill else 0) + n,
         )
 
+        if static:
+            self._check_static_cache(cache, mems, prepend_embeds, attention_mask)
+            if attention_mask is None or attention_mask.dim() == 2:
+                attention_mask = static_cache_mask(cache, attention_mask, b, n, self.dtype, device)
+            if position_ids is None:
+                position_ids = (cache.get_seq_length() + torch.arange(n, device=device))[None]  # (1, n)
+
         # A mask without padding is dropped, so the common case takes the lean path.
-        mask = attention_mask
+        mask = attention_mask if not static else None
         if mask is not None:
             expected = past_length - (prefix_length if past_length else 0) + (m if prefill else 0) + n
             if mask.dim() != 2 or mask.shape[0] != b or mask.shape[1] != expected:
@@ -601,7 +632,12 @@ class ZetaModel(ZetaPreTrainedModel):
         if mems is not None and cfg.shift_mem_down:
             mems = [*mems[cfg.shift_mem_down:], *mems[: cfg.shift_mem_down]]
 
-        rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device)
+        if static:  # the mask is ready; rotary positions are the token positions
+            rotary, attn_bias, raw_bias = None, attention_mask, None
+            if self.rotary_emb is not None:
+                rotary = (self.rotary_emb(position_ids, 0),) * 2
+        else:
+            rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device)
         query_keep = None
         if mask is not None:
             rows = mask[:, -(layout.num_queries - (cfg.num_memory_tokens if prefill else 0)):]
@@ -661,6 +697,25 @@ class ZetaModel(ZetaPreTrainedModel):
             memory_states=memory_states if n_mem_tok else None,
             attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
         )
+
+    def _check_static_cache(self, cache: Cache, mems, prepend_embeds, attention_mask) -> None:
+        cfg = self.config
+        if not cfg.supports_static_cache:
+            raise ValueError(
+                "A static cache (`cache_implementation=\"static\"`) serves causal decoders with rotary or no relative "
+                "positions and no memory tokens / memory key-values / zero key-value / sliding window / token shift / "
+                "cross-attention; this configuration needs the default dynamic cache."
+            )
+        if mems is not None or prepend_embeds is not None:
+            raise ValueError("`mems` and `prepend_embeds` are not supported with a static cache; use the default cache.")
+        compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if attention_mask is not None and attention_mask.dim() == 2 and not compiling and not bool(attention_mask.all()):
+            raise ValueError("Padded batches are not supported with a static cache; use the default dynamic cache.")
+        if len(cache.layers) < cfg.num_attention_layers:
+            raise ValueError(
+                f"The static cache has {len(cache.layers)} layers, but this model has {cfg.num_attention_layers} "
+                "attention layers; build it with `StaticCache(config=model.config, max_cache_len=...)`."
+            )
 
     def _cross_attention_mask(
         self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype, batch: int
@@ -729,10 +784,11 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
                 longest = int(mask.sum(-1).max()) if mask is not None else prompt.shape[1]
                 if max_new is None:
                     max_new = kwargs.get("max_length", gen.max_length) - prompt.shape[1]
-                if longest + max_new > self.config.max_position_embeddings:
+                # the last new token is sampled, never embedded: the highest embedded position is longest + max_new - 2
+                if longest + max_new - 1 > self.config.max_position_embeddings:
                     raise ValueError(
-                        f"Generating {max_new} new tokens after a prompt of {longest} would reach position "
-                        f"{longest + max_new - 1}, past the learned absolute position table "
+                        f"Generating {max_new} new tokens after a prompt of {longest} would embed position "
+                        f"{longest + max_new - 2}, past the learned absolute position table "
                         f"(`max_position_embeddings`={self.config.max_position_embeddings})."
                     )
         return super().generate(inputs, generation_config=generation_config, **kwargs)
@@ -747,6 +803,15 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
     def from_transformer(cls, transformer: nn.Module) -> "ZetaForCausalLM":
         """The Hugging Face model behind a seed-compatible `zeta_hf.Transformer` (same modules, same weights)."""
         return transformer.to_hf()
+
+    def create_masks_for_generate(
+        self, config: ZetaConfig, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache,
+        position_ids: torch.Tensor | None = None, **kwargs,
+    ) -> torch.Tensor:
+        """The mask `generate` builds ahead of each step with a static cache (outside a compiled forward)."""
+        self.model._check_static_cache(cache, None, None, attention_mask)
+        b, n = inputs_embeds.shape[:2]
+        return static_cache_mask(cache, attention_mask, b, n, inputs_embeds.dtype, inputs_embeds.device)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, mems=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)

@@ -102,9 +102,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Rotate the first `cos.shape[-1]` features of `t` (b, h, n, d); the rest pass through unchanged."""
     rot_dim = cos.shape[-1]
-    t_rot, t_pass = t[..., :rot_dim], t[..., rot_dim:]
-    t_rot = t_rot * cos * scale + rotate_half(t_rot) * sin * scale
-    return torch.cat((t_rot, t_pass), dim=-1).to(t.dtype)
+    t_rot = t[..., :rot_dim]
+    if isinstance(scale, float) and scale == 1.0:  # no xpos: skip two multiplications by one (a decode hot path)
+        t_rot = t_rot * cos + rotate_half(t_rot) * sin
+    else:
+        t_rot = t_rot * cos * scale + rotate_half(t_rot) * sin * scale
+    if rot_dim < t.shape[-1]:
+        t_rot = torch.cat((t_rot, t[..., rot_dim:]), dim=-1)
+    return t_rot.to(t.dtype)
 
 
 class AlibiPositionBias(nn.Module):
