@@ -12,6 +12,7 @@ Everything before the tokens is a prefix that is written into the KV cache at pr
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import shutil
@@ -382,11 +383,12 @@ class ZetaModel(ZetaPreTrainedModel):
                 raise ValueError(f"`input_ids` must have shape (batch, seq_len), but got {tuple(input_ids.shape)}.")
             # a data-dependent branch; skipped while compiling/exporting, where it would split the graph
             checkable = input_ids.numel() and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
-            if checkable and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-                bad = input_ids[(input_ids < 0) | (input_ids >= self.config.vocab_size)][0].item()
-                raise ValueError(
-                    f"`input_ids` contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size})."
-                )
+            if checkable:
+                vocab = self.config.vocab_size
+                low, high = torch.aminmax(input_ids)  # one pass over the ids, one sync
+                if int(low) < 0 or int(high) >= vocab:
+                    bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0].item()
+                    raise ValueError(f"`input_ids` contains token id {bad}, outside the vocabulary [0, {vocab}).")
         seq = input_ids if input_ids is not None else inputs_embeds
         if seq.shape[1] == 0:
             raise ValueError("`input_ids` is an empty sequence: at least one token is needed.")
@@ -699,6 +701,13 @@ class ZetaModel(ZetaPreTrainedModel):
         )
 
     def _check_static_cache(self, cache: Cache, mems, prepend_embeds, attention_mask) -> None:
+        if mems is not None or prepend_embeds is not None:
+            raise ValueError("`mems` and `prepend_embeds` are not supported with a static cache; use the default cache.")
+        compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if attention_mask is not None and attention_mask.dim() == 2 and not compiling and not bool(attention_mask.all()):
+            raise ValueError("Padded batches are not supported with a static cache; use the default dynamic cache.")
+        if getattr(cache, "zeta_static_checked", False):  # the rest holds for the cache's lifetime: checked once
+            return
         cfg = self.config
         if not cfg.supports_static_cache:
             raise ValueError(
@@ -706,16 +715,12 @@ class ZetaModel(ZetaPreTrainedModel):
                 "positions and no memory tokens / memory key-values / zero key-value / sliding window / token shift / "
                 "cross-attention; this configuration needs the default dynamic cache."
             )
-        if mems is not None or prepend_embeds is not None:
-            raise ValueError("`mems` and `prepend_embeds` are not supported with a static cache; use the default cache.")
-        compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if attention_mask is not None and attention_mask.dim() == 2 and not compiling and not bool(attention_mask.all()):
-            raise ValueError("Padded batches are not supported with a static cache; use the default dynamic cache.")
         if len(cache.layers) < cfg.num_attention_layers:
             raise ValueError(
                 f"The static cache has {len(cache.layers)} layers, but this model has {cfg.num_attention_layers} "
                 "attention layers; build it with `StaticCache(config=model.config, max_cache_len=...)`."
             )
+        cache.zeta_static_checked = True
 
     def _cross_attention_mask(
         self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype, batch: int
@@ -979,6 +984,11 @@ _MODEL_KWARGS = ("inputs_embeds", "position_ids", "output_attentions", "output_h
 def _model_kwargs(kwargs: dict) -> dict:
     """The `ZetaModel` inputs among a head's kwargs; the rest (e.g. `num_items_in_batch`) is for the loss."""
     return {key: kwargs.pop(key) for key in _MODEL_KWARGS if key in kwargs}
+
+
+# Registered Auto classes count as remote code, for which `generate` inspects `forward`'s signature at every step
+# (looking for a legacy `cache_position`); a precomputed signature makes that lookup free.
+ZetaForCausalLM.forward.__signature__ = inspect.signature(ZetaForCausalLM.forward)
 
 
 __all__ = [
