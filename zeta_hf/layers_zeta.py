@@ -17,7 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_zeta import ZetaConfig
-from .positional_zeta import apply_rotary, l2norm
+from .positional_zeta import apply_rotary, l2norm, unit_norm
 
 # --------------------------------------------------------------------------------------------------------------------
 # Norms and activations, chosen by name
@@ -33,7 +33,7 @@ class ZetaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.weight
+        return unit_norm(x) * self.scale * self.weight
 
 
 class ZetaSimpleRMSNorm(nn.Module):
@@ -44,7 +44,7 @@ class ZetaSimpleRMSNorm(nn.Module):
         self.scale = dim**0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.scale
+        return unit_norm(x) * self.scale
 
 
 class ZetaScaleNorm(nn.Module):
@@ -507,6 +507,6 @@ class ZetaLayer(GradientCheckpointingLayer):
                                            **attn_kwargs)
             if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
                 h = h * query_keep
-        branch = h * self.branch_scale
+        branch = h * self.branch_scale if self.branch_scale != 1.0 else h
         x = self.residual(self.branch_norm(branch), hidden_states)
         return self.post_norm(x), branch, weights, scores

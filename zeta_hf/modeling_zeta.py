@@ -886,10 +886,32 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
-class ZetaForMaskedLM(ZetaPreTrainedModel):
+class ZetaEncoderHead(ZetaPreTrainedModel):
+    """What the encoder heads share: `ZetaModel` (uncached) -> `logits_from` -> `loss_from` (with labels) -> output."""
+
+    output_class: type = MaskedLMOutput
+
+    def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                             **_model_kwargs(kwargs))
+        logits = self.logits_from(outputs, attention_mask)
+        loss = self.loss_from(logits, labels, **kwargs) if labels is not None else None
+        output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                   attentions=outputs.attentions)
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class ZetaForMaskedLM(ZetaEncoderHead):
     """An `Encoder` with its logits head, trained to fill in masked tokens (labels -100 are ignored)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    output_class = MaskedLMOutput
 
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
@@ -903,20 +925,17 @@ class ZetaForMaskedLM(ZetaPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> MaskedLMOutput | tuple:
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                             **_model_kwargs(kwargs))
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
-        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                attentions=outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+    def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.lm_head(outputs.last_hidden_state)
+
+    def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
 
 
-class ZetaForSequenceClassification(ZetaPreTrainedModel):
+class ZetaForSequenceClassification(ZetaEncoderHead):
     """Pooled hidden states (`classifier_pooling`: mean / first / last token or the first memory token) -> labels."""
+
+    output_class = SequenceClassifierOutput
 
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
@@ -942,20 +961,17 @@ class ZetaForSequenceClassification(ZetaPreTrainedModel):
         position = pick.min(-1).values if pooling == "first" else pick.max(-1).values
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), position.clamp(0, hidden.shape[1] - 1)]
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> SequenceClassifierOutput | tuple:
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                             **_model_kwargs(kwargs))
-        logits = self.score(self.dropout(self.pool(outputs, attention_mask)))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                          attentions=outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+    def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.score(self.dropout(self.pool(outputs, attention_mask)))
+
+    def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
 
 
-class ZetaForTokenClassification(ZetaPreTrainedModel):
+class ZetaForTokenClassification(ZetaEncoderHead):
     """One label per token (labels -100 are ignored)."""
+
+    output_class = TokenClassifierOutput
 
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
@@ -965,16 +981,11 @@ class ZetaForTokenClassification(ZetaPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs) -> TokenClassifierOutput | tuple:
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                             **_model_kwargs(kwargs))
-        logits = self.score(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, config=self.config, **kwargs)
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+    def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.score(self.dropout(outputs.last_hidden_state))
+
+    def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.loss_function(logits=logits, labels=labels, config=self.config, **kwargs)
 
 
 _MODEL_KWARGS = ("inputs_embeds", "position_ids", "output_attentions", "output_hidden_states", "mems", "output_mems",

@@ -15,12 +15,17 @@ from torch import nn
 from .configuration_zeta import ZetaConfig
 
 
+def unit_norm(t: torch.Tensor) -> torch.Tensor:
+    """`F.normalize(t, dim=-1)`, the same numbers without its Python-level dispatch (norms run on every decode step)."""
+    return t / torch.linalg.vector_norm(t, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def l2norm(t: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """L2-normalise the last dimension, in `groups` equal chunks."""
     if groups == 1:
-        return F.normalize(t, p=2, dim=-1)
+        return unit_norm(t)
     t = t.unflatten(-1, (groups, -1))  # (..., g, d / g)
-    return F.normalize(t, p=2, dim=-1).flatten(-2)
+    return unit_norm(t).flatten(-2)
 
 
 class LearnedPositionEmbedding(nn.Module):
@@ -83,7 +88,9 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, total_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`positions` (b | 1, n) -> cos, sin (b | 1, 1, n, rot_dim) and the xpos scale (same shape) or None."""
-        t = positions.float() / self.interpolation_factor
+        t = positions.float()
+        if self.interpolation_factor != 1.0:
+            t = t / self.interpolation_factor
         freqs = t[..., None] * self.inv_freq  # (b, n, rot_dim / 2)
         freqs = torch.cat((freqs, freqs), dim=-1)[:, None]  # (b, 1, n, rot_dim)
         if not self.use_xpos:
