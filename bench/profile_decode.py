@@ -68,6 +68,20 @@ def per_token_gemv(model: Any) -> tuple[float, int]:
     return (time.perf_counter() - start) / reps, weight_bytes
 
 
+def per_step_input_checks(model: Any) -> float:
+    """Seconds zeta_hf's input validation (`ZetaModel._check_inputs`, issue: reliability) costs per decode step."""
+    import torch
+
+    ids = torch.randint(0, model.config.vocab_size, (1, 1))
+    check = model.model._check_inputs
+    for _ in range(100):
+        check(ids, None, None, None, None, None, None)
+    start, reps = time.perf_counter(), 5000
+    for _ in range(reps):
+        check(ids, None, None, None, None, None, None)
+    return (time.perf_counter() - start) / reps
+
+
 def read_bandwidth() -> float:
     import torch
 
@@ -106,6 +120,8 @@ def main() -> None:
                 gemv, weight_bytes[name] = per_token_gemv(model)
                 times[name]["gemv"].append(gemv)
     bandwidth = read_bandwidth()
+    with torch.no_grad():
+        checks = per_step_input_checks(models["zeta"])
 
     print(f"\n{args.size}, {num_threads()} thread(s), read bandwidth {bandwidth / 1e9:.1f} GB/s; ms per token, "
           f"minimum of {args.rounds} rounds\n")
@@ -120,6 +136,9 @@ def main() -> None:
               f"| {bound:.2f} |")
         result["models"][name] = dict(ms_per_token=best, weight_bytes=weight_bytes[name], read_bound_ms=bound,
                                       raw=times[name])
+    forward_ms = min(times["zeta"]["forward"]) * 1e3
+    print(f"\nzeta_hf input checks: {checks * 1e6:.1f} us per decode step ({checks * 1e3 / forward_ms:.1%} of its forward)")
+    result["input_checks_us"] = checks * 1e6
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

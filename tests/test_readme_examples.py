@@ -250,3 +250,14 @@ def test_readme_seed_quickstart_runs_as_written():
     mems = namespace["mems"]
     assert len(mems) == 12 and all(m.shape == (1, 1024, 512) for m in mems)
     assert namespace["hf_model"] is namespace["transformer"].to_hf()
+
+
+def test_readme_long_generation_runs_as_written(capsys):
+    namespace: dict = {}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        exec(compile(readme_block("## Long generation with XL memories"), "README.md", "exec"), namespace)
+    assert namespace["ids"].shape == (1, 650)
+    printed = capsys.readouterr().out.splitlines()
+    # 10 prompt tokens + 200 new ones in segments of 64: chunks of 55, 64, 64 and 17 tokens
+    assert printed == ["torch.Size([1, 55])", "torch.Size([1, 64])", "torch.Size([1, 64])", "torch.Size([1, 17])"]

@@ -660,7 +660,8 @@ class ZetaModel(ZetaPreTrainedModel):
             if output_hidden_states:
                 all_hidden.append(x[:, n_mem_tok:])
             if layer.kind == "attn":
-                layer_inputs.append(x)
+                if output_mems or output_hidden_states:  # kept alive only when asked for: depth x (b, n, d)
+                    layer_inputs.append(x)
                 mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
                 x, branch, weights, scores = layer(x, attn_bias, query_keep, prev_scores, cache=cache, rotary=rotary,
                                                    mem=mem, prefill=prefill, position_bias=raw_bias)
