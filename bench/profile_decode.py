@@ -2,16 +2,22 @@
 
 For each model (matched as in bench.py) it measures, per generated token at batch 1:
 
-- `generate`: wall time per new token of `model.generate` (prompt 128, greedy, default dynamic cache);
+- `generate`: wall time per decode step of `model.generate` (prompt 128, greedy, default dynamic cache;
+  the prefill is excluded by subtracting a one-token run);
 - `forward`: one decode-step forward with a cache, in a hand-written loop (what the model itself costs);
 - `gemv`: the same step's matrix-vector products alone (every nn.Linear once, on its own weights), the part
   bounded by memory bandwidth;
-- `read bound`: the weight bytes read per token divided by this machine's measured read bandwidth.
+- `read bound`: the weight bytes read per token divided by this machine's measured read bandwidth;
+- from `torch.profiler` over the same hand-written loop: `in-situ gemm`, the self time of the step's matrix
+  products as they run inside the model (slower than `gemv`, whose weights stay hot in cache between repeats), the
+  self time of every other aten op, and how many top-level aten ops one step dispatches.
 
 So `generate - forward` is generate()'s own per-step work (logits processing, stopping criteria, input
 preparation, shared by both models), `forward - gemv` is per-layer dispatch and the small ops (norms, rotary,
-attention, residuals). Models are interleaved over rounds in one process; minima are reported (the least disturbed
-run on a shared machine). Not a test: nothing here asserts.
+attention, residuals). `best ratio` is what zeta_hf would reach against Llama's `generate()` if everything in its
+step except the in-situ matrix products and generate()'s own work took no time at all: a target above it cannot be
+met by removing overhead. Models are interleaved over rounds in one process; minima are reported (the least
+disturbed run on a shared machine). Not a test: nothing here asserts.
 
     python bench/profile_decode.py --size small --rounds 7
 """
@@ -31,10 +37,14 @@ from bench import SIZES, build, num_threads  # noqa: E402
 
 
 def per_token_generate(model: Any, prompt: Any, new: int) -> float:
-    kwargs = dict(do_sample=False, max_new_tokens=new, min_new_tokens=new)
-    start = time.perf_counter()
-    model.generate(prompt, **kwargs)
-    return (time.perf_counter() - start) / new
+    """Seconds per decode step of `generate()`, prefill excluded: (time for `new` tokens - time for 1) / (new - 1)."""
+
+    def timed(count: int) -> float:
+        start = time.perf_counter()
+        model.generate(prompt, do_sample=False, max_new_tokens=count, min_new_tokens=count)
+        return time.perf_counter() - start
+
+    return (timed(new) - timed(1)) / (new - 1)
 
 
 def per_token_forward(model: Any, prompt: Any, new: int) -> float:
@@ -66,6 +76,25 @@ def per_token_gemv(model: Any) -> tuple[float, int]:
             m(x)
     weight_bytes = sum(p.numel() * p.element_size() for m in linears for p in m.parameters())
     return (time.perf_counter() - start) / reps, weight_bytes
+
+
+def per_token_profile(model: Any, prompt: Any, new: int) -> dict[str, float]:
+    """The hand-written decode loop under torch.profiler: in-situ GEMM ms, other aten ms, top-level ops per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    out = model(prompt, use_cache=True)
+    cache, token = out.cache if hasattr(out, "cache") else out.past_key_values, out.logits[:, -1:].argmax(-1)
+    mask = torch.ones(1, prompt.shape[1] + new, dtype=torch.long)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(new):
+            out = model(token, attention_mask=mask[:, : prompt.shape[1] + i + 1], cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    gemm = sum(e.self_cpu_time_total for e in events if e.name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    other = sum(e.self_cpu_time_total for e in events) - gemm
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return dict(gemm_insitu=gemm / new / 1e3, other_aten=other / new / 1e3, ops_per_step=len(top) / new)
 
 
 def per_step_input_checks(model: Any) -> float:
@@ -108,7 +137,10 @@ def main() -> None:
     torch.set_num_threads(num_threads())
     models = {name: build(name, SIZES[args.size]).eval() for name in ("llama", "zeta")}
     prompt = torch.randint(0, 256, (1, 128))
-    times: dict[str, dict[str, list[float]]] = {n: {"generate": [], "forward": [], "gemv": []} for n in models}
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"generate": [], "forward": [], "gemv": [], "gemm_insitu": [], "other_aten": []} for n in models
+    }
+    ops_per_step: dict[str, float] = {}
     weight_bytes = {}
     with torch.no_grad():
         for model in models.values():
@@ -119,23 +151,33 @@ def main() -> None:
                 times[name]["forward"].append(per_token_forward(model, prompt, args.new))
                 gemv, weight_bytes[name] = per_token_gemv(model)
                 times[name]["gemv"].append(gemv)
+                profiled = per_token_profile(model, prompt, args.new)
+                for key in ("gemm_insitu", "other_aten"):
+                    times[name][key].append(profiled[key] / 1e3)
+                ops_per_step[name] = profiled["ops_per_step"]
     bandwidth = read_bandwidth()
     with torch.no_grad():
         checks = per_step_input_checks(models["zeta"])
 
     print(f"\n{args.size}, {num_threads()} thread(s), read bandwidth {bandwidth / 1e9:.1f} GB/s; ms per token, "
           f"minimum of {args.rounds} rounds\n")
-    print("| model | generate | forward | generate overhead | gemv | forward - gemv | weight MB | read bound |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | generate | forward | generate overhead | gemv | forward - gemv | in-situ gemm | other aten ops "
+          "| top-level ops / step | weight MB | read bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     result = dict(size=args.size, threads=num_threads(), read_bandwidth=bandwidth, rounds=args.rounds, models={})
     for name in models:
         best = {k: min(v) * 1e3 for k, v in times[name].items()}
         bound = weight_bytes[name] / bandwidth * 1e3
         print(f"| {name} | {best['generate']:.2f} | {best['forward']:.2f} | {best['generate'] - best['forward']:.2f} "
-              f"| {best['gemv']:.2f} | {best['forward'] - best['gemv']:.2f} | {weight_bytes[name] / 1e6:.1f} "
-              f"| {bound:.2f} |")
+              f"| {best['gemv']:.2f} | {best['forward'] - best['gemv']:.2f} | {best['gemm_insitu']:.2f} "
+              f"| {best['other_aten']:.2f} | {ops_per_step[name]:.0f} | {weight_bytes[name] / 1e6:.1f} | {bound:.2f} |")
         result["models"][name] = dict(ms_per_token=best, weight_bytes=weight_bytes[name], read_bound_ms=bound,
-                                      raw=times[name])
+                                      ops_per_step=ops_per_step[name], raw=times[name])
+    llama, zeta = result["models"]["llama"]["ms_per_token"], result["models"]["zeta"]["ms_per_token"]
+    best_ratio = llama["generate"] / (zeta["gemm_insitu"] + zeta["generate"] - zeta["forward"])
+    print(f"\nbest ratio: Llama generate / (zeta in-situ gemm + zeta generate overhead) = {best_ratio:.2f}x "
+          f"(zeta now: {llama['generate'] / zeta['generate']:.2f}x)")
+    result["best_ratio_vs_llama_generate"] = best_ratio
     forward_ms = min(times["zeta"]["forward"]) * 1e3
     print(f"\nzeta_hf input checks: {checks * 1e6:.1f} us per decode step ({checks * 1e3 / forward_ms:.1%} of its forward)")
     result["input_checks_us"] = checks * 1e6

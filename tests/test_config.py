@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
@@ -11,7 +12,15 @@ from hypothesis import strategies as st
 from transformers import AutoConfig
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
-from zeta_hf.configuration_zeta import ABSOLUTE_POSITION_EMBEDDINGS, FF_ACTIVATIONS, NORM_PLACEMENTS, NORMS, POSITION_EMBEDDINGS
+from zeta_hf.configuration_zeta import (
+    ABSOLUTE_POSITION_EMBEDDINGS,
+    FF_ACTIVATIONS,
+    NORM_PLACEMENTS,
+    NORMS,
+    POSITION_EMBEDDINGS,
+    RESIDUAL_TYPES,
+    SPARSE_TOPK_MODES,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Aliases
@@ -175,6 +184,8 @@ INVALID = [
     ("t5-buckets-gt-distance", dict(position_embedding="t5", rel_pos_num_buckets=64, rel_pos_max_distance=32),
      ["rel_pos_num_buckets", "64", "32"]),
     ("t5-buckets-1", dict(position_embedding="t5", rel_pos_num_buckets=1), ["rel_pos_num_buckets", "1"]),
+    ("t5-encoder-buckets-3", dict(position_embedding="t5", is_causal=False, rel_pos_num_buckets=3),
+     ["rel_pos_num_buckets", "at least 4", "3"]),
     ("tie-with-emb-dim", dict(tie_word_embeddings=True, hidden_size=512, embedding_dim=256),
      ["tie_word_embeddings", "embedding_dim", "256", "512"]),
     ("tie-with-logits-dim", dict(tie_word_embeddings=True, vocab_size=256, logits_dim=100), ["logits_dim", "100"]),
@@ -282,9 +293,13 @@ def valid_config_kwargs(draw) -> dict:
     elif position == "t5":
         distance = draw(st.sampled_from([8, 16, 128]))
         kw["rel_pos_max_distance"] = distance
-        kw["rel_pos_num_buckets"] = draw(st.integers(2, min(distance, 32)))
+        kw["rel_pos_num_buckets"] = draw(st.integers(2 if kw["is_causal"] else 4, min(distance, 32)))
     elif position == "none":
         kw["absolute_position_embedding"] = draw(st.sampled_from(["none", "learned", "scaled_sinusoidal"]))
+    elif position == "dynamic":
+        kw["dynamic_pos_bias_mlp_depth"] = draw(st.integers(1, 3))
+        kw["dynamic_pos_bias_log_distance"] = draw(st.booleans())
+        kw["dynamic_pos_bias_norm"] = draw(st.booleans())
     if draw(st.booleans()):
         kw["qk_norm"] = True
         kw["qk_norm_groups"] = draw(st.sampled_from([g for g in (1, 2, 4) if head_dim // g > 2]))
@@ -295,10 +310,30 @@ def valid_config_kwargs(draw) -> dict:
     else:
         kw["embedding_dim"] = draw(st.sampled_from([None, 12, 20]))
         kw["logits_dim"] = draw(st.sampled_from([None, 5]))
+    # the attention, residual and layout extras (issue 7's options)
+    for flag in ("talking_heads", "head_scale", "gate_values", "attn_on_attn", "add_zero_kv", "zero_init_attn_output",
+                 "zero_init_ff_output", "scale_residual", "cross_attend"):
+        kw[flag] = draw(st.booleans())
+    kw["residual_type"] = draw(st.sampled_from(RESIDUAL_TYPES))
+    if kw["norm_placement"] != "deepnorm":  # deepnorm sets the residual scale itself
+        kw["scale_residual_constant"] = draw(st.sampled_from([1.0, 0.5]))
+    kw["layer_dropout"] = draw(st.sampled_from([0.0, 0.3]))
+    kw["shift_tokens"] = draw(st.integers(0, 2))
+    for rate in ("embedding_dropout", "attention_dropout", "ff_dropout"):
+        kw[rate] = draw(st.sampled_from([0.0, 0.1]))
+    if draw(st.booleans()):
+        kw["shared_kv"] = True
+    elif not kw.get("rotary_rotate_values"):  # rotated values must be at least as wide as the rotation
+        kw["value_head_dim"] = draw(st.sampled_from([None, 8, 24]))
+    if draw(st.booleans()):
+        kw["max_attend_past"] = draw(st.integers(1, 8))
+    if draw(st.booleans()):
+        kw["sparse_topk"] = draw(st.integers(1, 4))
+        kw["sparse_topk_mode"] = draw(st.sampled_from(SPARSE_TOPK_MODES))
     return kw
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kwargs=valid_config_kwargs(), seed=st.integers(0, 2**16))
 def test_every_valid_config_builds_trains_and_round_trips(kwargs, seed):
     cfg = ZetaConfig(**kwargs)
@@ -311,7 +346,9 @@ def test_every_valid_config_builds_trains_and_round_trips(kwargs, seed):
     n = min(6, cfg.max_position_embeddings)
     ids = torch.randint(0, cfg.vocab_size, (2, n))
     labels = ids % cfg.output_dim
-    out = model(ids, labels=labels, use_cache=False)
+    # cross-attending models read encoder states (Zeta's `context`)
+    context = {"encoder_hidden_states": torch.randn(2, 3, cfg.hidden_size)} if cfg.cross_attend else {}
+    out = model(ids, labels=labels, use_cache=False, **context)
     assert out.logits.shape == (2, n, cfg.output_dim)
     assert torch.isfinite(out.loss), kwargs
     out.loss.backward()
@@ -322,11 +359,13 @@ def test_every_valid_config_builds_trains_and_round_trips(kwargs, seed):
             assert torch.isfinite(p.grad).all(), f"non-finite gradient in {name} for {kwargs}"
 
     model.eval()
-    with torch.no_grad():
-        again = ZetaForCausalLM(restored)
-        again.load_state_dict(model.state_dict())
-        again.eval()
-        torch.testing.assert_close(again(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+    with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        again = ZetaForCausalLM.from_pretrained(folder).eval()
+        assert again.config.to_dict() == {**cfg.to_dict(), "architectures": ["ZetaForCausalLM"],
+                                          "auto_map": again.config.auto_map, "_name_or_path": folder}
+        torch.testing.assert_close(again(ids, use_cache=False, **context).logits,
+                                   model(ids, use_cache=False, **context).logits, rtol=0, atol=0)
 
 
 # Each corruption turns a valid kwargs dict into an invalid one, given a drawn value.
@@ -368,6 +407,10 @@ CORRUPTIONS = {
         position_embedding="t5", absolute_position_embedding=None, rel_pos_max_distance=8,
         rel_pos_num_buckets=draw(st.integers(9, 64)),
     ),
+    "t5-encoder-buckets": lambda kw, draw: kw.update(
+        position_embedding="t5", absolute_position_embedding=None, is_causal=False, rotary_xpos=False,
+        rel_pos_max_distance=128, rel_pos_num_buckets=draw(st.integers(2, 3)),
+    ),
     "tie-emb-dim": lambda kw, draw: kw.update(tie_word_embeddings=True, embedding_dim=kw["hidden_size"] + 4),
     "qk-groups": lambda kw, draw: kw.update(qk_norm=True, head_dim=16, qk_norm_groups=draw(st.sampled_from([3, 5, 8, 16]))),
     "abs-with-rotary": lambda kw, draw: kw.update(
@@ -381,7 +424,7 @@ CORRUPTIONS = {
 }
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data(), kwargs=valid_config_kwargs(), corruption=st.sampled_from(sorted(CORRUPTIONS)))
 def test_every_invalid_config_raises_value_error(data, kwargs, corruption):
     CORRUPTIONS[corruption](kwargs, data.draw)

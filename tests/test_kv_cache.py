@@ -116,3 +116,33 @@ def test_compiled_static_decode_equals_eager_dynamic():
         finally:
             model.forward = eager_forward
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("rotary_emb_dim", [8, 16])  # partial and full-head rotation (head_dim 16)
+@pytest.mark.parametrize("xpos", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_position_rotary_layout_is_bit_identical(rotary_emb_dim, xpos, dtype):
+    """A decode step's full-width rotary tables (one gather) give exactly the numbers of the sliced tables."""
+    from zeta_hf.positional_zeta import RotaryEmbedding, apply_rotary
+
+    config = ZetaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                        position_embedding="rotary", rotary_emb_dim=rotary_emb_dim, rotary_xpos=xpos)
+    rotary = RotaryEmbedding(config)
+    t = torch.randn(2, 2, 1, 16, generator=torch.Generator().manual_seed(5)).to(dtype)
+    for position in (0, 7, 1000):
+        single = rotary(torch.tensor([[position]]), 0)
+        assert single.rotate_index is not None and single.cos.shape[-1] == 16
+        sliced = rotary(torch.tensor([[position, position]]), 0)  # two positions: the sliced layout
+        assert sliced.rotate_index is None and sliced.cos.shape[-1] == rotary_emb_dim
+        for inverse in (False, True):  # keys use the inverse xpos scale
+            def scale_of(tables):
+                return 1.0 if tables.scale is None else tables.scale ** (-1.0 if inverse else 1.0)
+
+            got = apply_rotary(t, single.cos, single.sin, scale_of(single), single.rotate_index)
+            want = apply_rotary(t, sliced.cos[:, :, :1], sliced.sin[:, :, :1],
+                                scale_of(sliced) if sliced.scale is None else scale_of(sliced)[:, :, :1])
+            assert got.dtype == dtype
+            assert torch.equal(got, want)
+            if position:
+                assert not torch.equal(got[..., :rotary_emb_dim], t[..., :rotary_emb_dim])  # it did rotate
+            assert torch.equal(got[..., rotary_emb_dim:], t[..., rotary_emb_dim:])  # and left the rest alone

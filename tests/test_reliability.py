@@ -51,6 +51,9 @@ NUMERIC_VARIANTS = {
     "rotary-mem": dict(position_embedding="rotary", num_memory_tokens=2),
     "alibi": dict(position_embedding="alibi"),
     "t5-memkv": dict(position_embedding="t5", num_memory_kv=2),
+    # masked scores carried into the next layer (residual attention) and mixed by talking heads: Zeta gives NaN here
+    "residual-talking-topk": dict(position_embedding="rotary", residual_attn=True, talking_heads=True, sparse_topk=1,
+                                  num_hidden_layers=3),
 }
 
 

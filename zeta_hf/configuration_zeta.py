@@ -387,6 +387,13 @@ class ZetaConfig(PreTrainedConfig):
                     f"`rel_pos_num_buckets` ({self.rel_pos_num_buckets}) must not exceed `rel_pos_max_distance` "
                     f"({self.rel_pos_max_distance})."
                 )
+            if not self.is_causal and self.rel_pos_num_buckets < 4:
+                # an encoder splits the buckets by direction and keeps half of each side exact: fewer than 4 leaves
+                # no exact bucket, and the log-spaced ones divide by zero
+                raise ValueError(
+                    f"`rel_pos_num_buckets` must be at least 4 for an encoder (`is_causal=False`), but got "
+                    f"{self.rel_pos_num_buckets}."
+                )
         if self.absolute_position_embedding == "scaled_sinusoidal" and self.input_dim % 2:
             raise ValueError(
                 "Scaled sinusoidal positions need an even embedding width (`embedding_dim`, or `hidden_size` when "

@@ -66,6 +66,11 @@ def make_norm(config: ZetaConfig, dim: int | None = None) -> nn.Module:
     return NORM_CLASSES[config.norm](dim or config.hidden_size, eps=config.layer_norm_eps)
 
 
+def make_dropout(p: float) -> nn.Module:
+    """`nn.Dropout(p)`, or `nn.Identity()` when off: an eval-mode `nn.Dropout` still costs an op per call."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class ReluSquared(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x) ** 2
@@ -108,10 +113,15 @@ def attention_scores(
     attention), talking heads, + additive bias/mask, sparse top-k."""
     key = repeat_kv(key, module.num_key_value_groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    min_value = torch.finfo(scores.dtype).min
     if prev_scores is not None:
         scores = scores + prev_scores
     scores = module.pre_softmax_talking_heads(scores)
-    min_value = torch.finfo(scores.dtype).min
+    if prev_scores is not None or not isinstance(module.pre_softmax_talking_heads, nn.Identity):
+        # Masked scores (finfo.min) carried over by residual attention, then mixed by talking heads, can overflow to
+        # +-inf, and inf - inf is NaN, which Zeta propagates into every later layer. Here they stay masked; every
+        # score that is finite in Zeta is unchanged.
+        scores = torch.nan_to_num(scores, nan=min_value, posinf=-min_value, neginf=min_value)
     topk = module.sparse_topk
     if topk is not None and module.sparse_topk_mode == "zeta_inverted" and topk < scores.shape[-1]:
         # Zeta 1.19 ranks every key (future ones too) and drops the top k instead of keeping them.
@@ -236,12 +246,12 @@ class ZetaAttention(nn.Module):
         key = self.normalize_qk(key, self.k_scale)
 
         if rotary is not None and context is None:
-            (q_cos, q_sin, q_scale), (k_cos, k_sin, k_scale) = rotary
-            query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0)
+            (q_cos, q_sin, q_scale, q_index), (k_cos, k_sin, k_scale, k_index) = rotary
+            query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0, q_index)
             k_scale = 1.0 if k_scale is None else k_scale**-1.0
-            key = apply_rotary(key, k_cos, k_sin, k_scale)
+            key = apply_rotary(key, k_cos, k_sin, k_scale, k_index)
             if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
-                value = apply_rotary(value, k_cos, k_sin, k_scale)
+                value = apply_rotary(value, k_cos, k_sin, k_scale, k_index)
 
         if self.memory_k is not None and (prefill or self.is_cross):
             # learned memory slots enter the key axis at prefill; afterwards they live in the cache
@@ -292,7 +302,7 @@ class ZetaFeedForward(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, inner * 2 if self.glu else inner, bias=config.ff_bias or self.glu)
         self.act = activation()
         self.post_act_norm = nn.LayerNorm(inner) if config.ff_post_act_ln else nn.Identity()
-        self.dropout = nn.Dropout(config.ff_dropout)
+        self.dropout = make_dropout(config.ff_dropout)
         self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.ff_bias)
         if config.norm_placement == "deepnorm":
             self.up_proj.zeta_init = self.down_proj.zeta_init = (8 * config.num_hidden_layers) ** -0.25

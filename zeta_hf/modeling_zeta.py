@@ -44,6 +44,7 @@ from .layers_zeta import (
     ZetaResidual,
     ZetaRMSNorm,
     ZetaScaleNorm,
+    make_dropout,
     make_norm,
     use_growing_kv_layers,
 )
@@ -233,6 +234,7 @@ class ZetaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
             init.copy_(module.xpos_scale, module.compute_xpos_scale())
+            init.copy_(module.rotate_index, module.compute_rotate_index())
         elif isinstance(module, AlibiPositionBias):
             init.copy_(module.slopes, module.compute_slopes())
         elif isinstance(module, nn.Conv2d):  # talking heads
@@ -337,7 +339,7 @@ class ZetaModel(ZetaPreTrainedModel):
         if config.l2norm_embed and hasattr(self.embed_positions, "emb"):
             self.embed_positions.emb.zeta_init = "small_normal"
         self.post_emb_norm = nn.LayerNorm(config.input_dim) if config.post_emb_norm else nn.Identity()
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.embedding_dropout = make_dropout(config.embedding_dropout)
         self.project_emb = (
             nn.Linear(config.input_dim, config.hidden_size) if config.input_dim != config.hidden_size else nn.Identity()
         )
@@ -942,7 +944,7 @@ class ZetaForSequenceClassification(ZetaEncoderHead):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = ZetaModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dropout = make_dropout(config.classifier_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -978,7 +980,7 @@ class ZetaForTokenClassification(ZetaEncoderHead):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = ZetaModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dropout = make_dropout(config.classifier_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
