@@ -146,3 +146,117 @@ def test_single_position_rotary_layout_is_bit_identical(rotary_emb_dim, xpos, dt
             if position:
                 assert not torch.equal(got[..., :rotary_emb_dim], t[..., :rotary_emb_dim])  # it did rotate
             assert torch.equal(got[..., rotary_emb_dim:], t[..., rotary_emb_dim:])  # and left the rest alone
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The lean decode step (`ZetaModel._decode_step`): the generic forward's numbers, bit for bit, or not taken at all
+# ---------------------------------------------------------------------------------------------------------------------
+
+LEAN_CONFIGS = {
+    "rotary": dict(),
+    "rotary-partial-xpos": dict(rotary_emb_dim=8, rotary_xpos=True),
+    "none-layernorm-gqa": dict(position_embedding="none", norm="layernorm", num_key_value_heads=1),
+    "learned-abs-geglu": dict(position_embedding="none", absolute_position_embedding="learned", ff_activation="geglu"),
+    "sinusoidal-swiglu-scalenorm": dict(position_embedding="scaled_sinusoidal", ff_activation="swiglu",
+                                        norm="scalenorm"),
+    "memory-tokens-and-kv": dict(num_memory_tokens=2, num_memory_kv=2),
+    "tied-embedding": dict(tie_word_embeddings=True),
+    "projected-embedding": dict(embedding_dim=24),
+    "eager": dict(attn_implementation="eager"),
+    "pattern-relu2": dict(block_pattern=["attn", "attn", "ff", "attn", "ff"], ff_activation="relu_squared"),
+}
+
+
+def decode_both_ways(model: ZetaForCausalLM, ids: torch.Tensor, steps: int) -> tuple[list, list, bool]:
+    """Logits of `steps` greedy decode steps from two caches filled by the same prefill: one through the lean step
+    (if the model serves it), one forced through the generic forward. Returns both lists and whether lean served."""
+    with torch.no_grad():
+        lean_cache = model(ids, use_cache=True).cache
+        generic_cache = model(ids, use_cache=True).cache
+        served = lean_cache.zeta_decode_step
+        generic_cache.zeta_decode_step = False
+        token = model(ids).logits[:, -1:].argmax(-1)
+        lean, generic = [], []
+        for _ in range(steps):
+            lean.append(model(token, cache=lean_cache, use_cache=True).logits)
+            generic.append(model(token, cache=generic_cache, use_cache=True).logits)
+            token = generic[-1].argmax(-1)
+    return lean, generic, served
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(LEAN_CONFIGS))
+def test_lean_decode_step_is_bit_identical_to_the_generic_forward(name, dtype, monkeypatch):
+    from zeta_hf.modeling_zeta import ZetaModel
+
+    calls = []
+    original = ZetaModel._decode_step
+    monkeypatch.setattr(ZetaModel, "_decode_step", lambda self, *a: calls.append(1) or original(self, *a))
+    model = tiny(**LEAN_CONFIGS[name]).to(dtype)
+    ids = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(6))
+    lean, generic, served = decode_both_ways(model, ids, steps=5)
+    assert served and len(calls) == 5, "the lean step did not serve a configuration it should"
+    for step, (got, want) in enumerate(zip(lean, generic)):
+        assert got.dtype == dtype
+        assert torch.equal(got, want), f"step {step}: max difference {(got - want).abs().max()}"
+
+
+def test_generate_through_the_lean_step_equals_uncached_generation():
+    model = tiny(num_memory_tokens=1)
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False)
+        uncached = model.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("case", ["alibi", "sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
+                                  "output-attentions", "padded-mask"])
+def test_lean_decode_step_steps_aside_where_it_would_differ(case):
+    """Options the lean step leaves out, hooks it would skip, PEFT layers it would bypass and extras asked for at a
+    step all take the generic forward, whose results are the reference."""
+    overrides = {"alibi": dict(position_embedding="alibi"), "sandwich-norm": dict(norm_placement="sandwich"),
+                 "qk-norm": dict(qk_norm=True), "shift-tokens": dict(shift_tokens=1)}.get(case, {})
+    model = tiny(**overrides)
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8))
+    if case == "forward-hook":
+        model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 2)
+    if case == "lora":
+        peft = pytest.importorskip("peft")
+        model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+    step_kwargs = {}
+    if case == "output-attentions":
+        step_kwargs = dict(output_attentions=True)
+    if case == "padded-mask":
+        step_kwargs = dict(attention_mask=torch.tensor([[0] + [1] * 6, [1] * 7]))
+    if case in ("output-attentions", "padded-mask"):
+        assert cache.zeta_decode_step  # served in general, but not for this call
+    else:
+        assert not cache.zeta_decode_step
+    with torch.no_grad():
+        token = torch.ones(2, 1, dtype=torch.long)
+        fresh = model(ids, use_cache=True).cache
+        fresh.zeta_decode_step = False
+        got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
+        want = model(token, cache=fresh, use_cache=True, **step_kwargs).logits
+    assert torch.equal(got, want)
+
+
+def test_gelu_runs_on_the_native_kernel_and_restores_the_backend_flag():
+    """ZetaGELU is F.gelu's exact function, and leaves `torch.backends.mkldnn.enabled` as it found it (also when the
+    input is bad and GELU raises)."""
+    from zeta_hf.layers_zeta import ZetaGELU
+
+    gelu, x = ZetaGELU(), torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(9))
+    with torch.backends.mkldnn.flags(enabled=False):
+        reference = torch.nn.functional.gelu(x)  # PyTorch's native kernel
+    assert torch.equal(gelu(x), reference)
+    assert (gelu(x) - torch.nn.functional.gelu(x)).abs().max() < 1e-5  # whichever kernel F.gelu picks
+    for state in (True, False):
+        with torch.backends.mkldnn.flags(enabled=state):
+            gelu(x)
+            with pytest.raises(NotImplementedError):  # GELU of integers
+                gelu(torch.ones(2, dtype=torch.long))
+            assert torch.backends.mkldnn.enabled is state

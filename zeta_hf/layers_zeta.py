@@ -71,6 +71,27 @@ def make_dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+class ZetaGELU(nn.Module):
+    """Exact (erf) GELU, always on PyTorch's own CPU kernel.
+
+    PyTorch hands a contiguous float32 GELU on CPU to oneDNN, which JIT-compiles and keeps a kernel for every new input
+    shape: 4-8 ms and a slice of memory per new sequence length (so decoding without a cache, or prompts of many
+    lengths, pays it at every length), and 14 us instead of 3 us for the one-row input of a decode step. Same function;
+    the two kernels differ in the last bits (~1e-6). Under `torch.compile` the compiler generates its own kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return F.gelu(x)
+        mkldnn = torch.backends.mkldnn
+        enabled = mkldnn.enabled
+        mkldnn.enabled = False
+        try:
+            return F.gelu(x)
+        finally:
+            mkldnn.enabled = enabled
+
+
 class ReluSquared(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x) ** 2
@@ -78,8 +99,8 @@ class ReluSquared(nn.Module):
 
 # name -> (activation class, gated linear unit)
 FF_ACTIVATION_CLASSES = {
-    "gelu": (nn.GELU, False),
-    "geglu": (nn.GELU, True),
+    "gelu": (ZetaGELU, False),
+    "geglu": (ZetaGELU, True),
     "silu": (nn.SiLU, False),
     "swiglu": (nn.SiLU, True),
     "relu_squared": (ReluSquared, False),
@@ -219,6 +240,16 @@ class ZetaAttention(nn.Module):
         t = l2norm(t, groups or self.qk_norm_groups)
         return t * scale if scale is not None else t
 
+    def rotate(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: tuple) -> tuple:
+        """Rotary positions on queries and keys (xpos scales keys by the inverse), and on values as Zeta 1.19 does."""
+        (q_cos, q_sin, q_scale, q_index), (k_cos, k_sin, k_scale, k_index) = rotary
+        query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0, q_index)
+        k_scale = 1.0 if k_scale is None else k_scale**-1.0
+        key = apply_rotary(key, k_cos, k_sin, k_scale, k_index)
+        if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
+            value = apply_rotary(value, k_cos, k_sin, k_scale, k_index)
+        return query, key, value
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -246,12 +277,7 @@ class ZetaAttention(nn.Module):
         key = self.normalize_qk(key, self.k_scale)
 
         if rotary is not None and context is None:
-            (q_cos, q_sin, q_scale, q_index), (k_cos, k_sin, k_scale, k_index) = rotary
-            query = apply_rotary(query, q_cos, q_sin, q_scale if q_scale is not None else 1.0, q_index)
-            k_scale = 1.0 if k_scale is None else k_scale**-1.0
-            key = apply_rotary(key, k_cos, k_sin, k_scale, k_index)
-            if self.rotate_values:  # Zeta 1.19 quirk, kept for checkpoint compatibility
-                value = apply_rotary(value, k_cos, k_sin, k_scale, k_index)
+            query, key, value = self.rotate(query, key, value, rotary)
 
         if self.memory_k is not None and (prefill or self.is_cross):
             # learned memory slots enter the key axis at prefill; afterwards they live in the cache
@@ -520,3 +546,54 @@ class ZetaLayer(GradientCheckpointingLayer):
         branch = h * self.branch_scale if self.branch_scale != 1.0 else h
         x = self.residual(self.branch_norm(branch), hidden_states)
         return self.post_norm(x), branch, weights, scores
+
+    def serves_decode_step(self) -> bool:
+        """Whether `decode_step` computes exactly what `forward` does for this layer: a pre-norm self-attention or
+        feedforward branch with a plain residual, built from plain `nn.Linear` projections (so not a PEFT or quantised
+        replacement, whose extra work the lean step would skip) and none of the options `decode_step` leaves out."""
+        plain = nn.Identity
+        if self.shift_tokens is not None or self.branch_scale != 1.0 or isinstance(self.pre_norm, plain):
+            return False
+        if not (isinstance(self.branch_norm, plain) and isinstance(self.post_norm, plain)):
+            return False
+        if type(self.residual) is not ZetaResidual or self.residual.residual_scale is not None or self.residual.constant != 1:
+            return False
+        if self.mlp is not None:
+            f = self.mlp
+            return all(type(m) is nn.Linear for m in (f.up_proj, f.down_proj)) and all(
+                isinstance(m, plain) for m in (f.post_act_norm, f.dropout)
+            )
+        a = self.self_attn
+        if a is None or a.v_proj is None or a.qk_norm or a.needs_scores or a.add_zero_kv or a.rotate_values:
+            return False
+        return (
+            all(type(m) is nn.Linear for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+            and isinstance(a.out_glu, plain) and a.v_gate is None and a.head_scale is None
+        )
+
+    def decode_step(self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable) -> torch.Tensor:
+        """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`.
+
+        The same operations in the same order, so the same numbers bit for bit (tests/test_kv_cache.py), without the
+        module calls and option branches that cost as much as the matrix products of a batch-1 decode step.
+        """
+        b = x.shape[0]
+        h = self.pre_norm(x)
+        if self.mlp is not None:
+            f = self.mlp
+            h = F.linear(h, f.up_proj.weight, f.up_proj.bias)
+            if f.glu:
+                h, gate = h.chunk(2, dim=-1)
+                h = h * f.act(gate)
+            else:
+                h = f.act(h)
+            return F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
+        a = self.self_attn
+        query = F.linear(h, a.q_proj.weight, a.q_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, h, 1, d)
+        key = F.linear(h, a.k_proj.weight, a.k_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
+        value = F.linear(h, a.v_proj.weight, a.v_proj.bias).view(b, 1, -1, a.value_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key, value = a.rotate(query, key, value, rotary)
+        key, value = cache.update(key, value, a.layer_idx)
+        out, _ = attention_interface(a, query, key, value, None, dropout=0.0, scaling=a.scaling, is_causal=False)
+        return F.linear(out.reshape(b, 1, -1), a.o_proj.weight, a.o_proj.bias) + x  # (b, 1, h * d)

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -44,6 +45,7 @@ from .layers_zeta import (
     ZetaResidual,
     ZetaRMSNorm,
     ZetaScaleNorm,
+    eager_attention_forward,
     make_dropout,
     make_norm,
     use_growing_kv_layers,
@@ -428,6 +430,18 @@ class ZetaModel(ZetaPreTrainedModel):
                 if m.shape[1] != mems[0].shape[1]:
                     raise ValueError(f"All `mems` must have the same length, but `mems[{i}]` has {m.shape[1]}.")
 
+    @staticmethod
+    def _mask_keeps_all(mask: torch.Tensor, batch: int, expected: int) -> bool:
+        """Check a 2-D `attention_mask` over the cached, prepended and new positions; True when nothing is padded."""
+        if mask.dim() != 2 or mask.shape[0] != batch or mask.shape[1] != expected:
+            raise ValueError(
+                f"`attention_mask` must have shape (batch={batch}, {expected}) covering the cached, prepended and new "
+                f"positions, but got {tuple(mask.shape)}."
+            )
+        if mask.dtype.is_floating_point:
+            raise TypeError(f"`attention_mask` must be a bool or integer 0/1 tensor, but got dtype {mask.dtype}.")
+        return bool(mask.all())
+
     # ---- positions along the key axis ----
     def _sequence_positions(self, layout: _Layout, mask: torch.Tensor | None, device) -> torch.Tensor:
         """Positions (b | 1, s) of the sequence rows of this call (prepend + tokens), counted from the first one."""
@@ -574,6 +588,19 @@ class ZetaModel(ZetaPreTrainedModel):
             cache = DynamicCache()
         if not use_cache:
             cache = None if cache is None or cache.get_seq_length() == 0 else cache
+        if (  # one new token per row on a warm cache, no extras asked for: the lean step (see `_decode_step`)
+            use_cache
+            and getattr(cache, "zeta_decode_step", False)
+            and input_ids is not None
+            and input_ids.shape[1] == 1
+            and not self.training
+            and (attention_mask is None or self._mask_keeps_all(
+                attention_mask, input_ids.shape[0], cache.get_seq_length() - cache.zeta_prefix[0] + 1))
+            and all(v is None for v in (mems, pos, sum_embeds, prepend_embeds, encoder_hidden_states))
+            and not (output_attentions or output_hidden_states or output_mems)
+            and not torch.compiler.is_compiling()
+        ):
+            return self._decode_step(input_ids, position_ids, cache)
 
         seq = input_ids if input_ids is not None else inputs_embeds
         b, n = seq.shape[:2]
@@ -593,6 +620,8 @@ class ZetaModel(ZetaPreTrainedModel):
                 cache.zeta_prefix = (prefix_length, m)  # the cache remembers its own layout
                 if isinstance(cache, DynamicCache):
                     use_growing_kv_layers(cache, cfg.num_attention_layers)
+                # decided once per sequence: walking the modules costs more than a decode step may
+                cache.zeta_decode_step = not static and self._serves_decode_step()
         else:
             prefix_length, m = getattr(cache, "zeta_prefix", (cfg.num_memory_kv + cfg.num_memory_tokens, 0))
         layout = _Layout(
@@ -614,14 +643,7 @@ class ZetaModel(ZetaPreTrainedModel):
         mask = attention_mask if not static else None
         if mask is not None:
             expected = past_length - (prefix_length if past_length else 0) + (m if prefill else 0) + n
-            if mask.dim() != 2 or mask.shape[0] != b or mask.shape[1] != expected:
-                raise ValueError(
-                    f"`attention_mask` must have shape (batch={b}, {expected}) covering the cached, prepended and new "
-                    f"positions, but got {tuple(mask.shape)}."
-                )
-            if mask.dtype.is_floating_point:
-                raise TypeError(f"`attention_mask` must be a bool or integer 0/1 tensor, but got dtype {mask.dtype}.")
-            mask = None if bool(mask.all()) else mask
+            mask = None if self._mask_keeps_all(mask, b, expected) else mask
 
         if position_ids is None:
             if mask is not None:
@@ -702,6 +724,39 @@ class ZetaModel(ZetaPreTrainedModel):
             memory_states=memory_states if n_mem_tok else None,
             attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
         )
+
+    # ---- the lean decode step ----
+    def _serves_decode_step(self) -> bool:
+        """Whether `_decode_step` may stand in for `forward` at the decode steps of a sequence: every layer serves it,
+        nothing adds a bias over the key axis, and no hook would be skipped (the lean step calls fewer modules)."""
+        if self.position_bias is not None or self.config.max_attend_past is not None or self.has_cross_attention:
+            return False
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules()):
+            return False
+        return all(layer.serves_decode_step() for layer in self.layers)
+
+    def _decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, cache: Cache) -> ZetaModelOutput:
+        """`forward` for one new token per row on a warm cache with nothing padded, when `_serves_decode_step`.
+
+        At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
+        layout, option branches; `bench/profile_decode.py`), so this path keeps only the operations themselves, in the
+        generic path's order: the same numbers bit for bit (`tests/test_kv_cache.py`).
+        """
+        past_length = cache.get_seq_length()
+        prefix_length, m = cache.zeta_prefix
+        layout = _Layout(past_length=past_length, prefix_length=prefix_length, prepend_length=m, new_prefix=0,
+                         num_queries=1)
+        if position_ids is None and self.embed_positions is not None:
+            position_ids = (past_length - prefix_length - m + torch.arange(1, device=input_ids.device))[None]
+        x = self.embed(input_ids, None, position_ids)
+        rotary, _, _ = self._relative_inputs(layout, None, 0, input_ids.device)  # no bias: `_serves_decode_step`
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        for layer in self.layers:
+            x = layer.decode_step(x, cache, rotary, attention)
+        return ZetaModelOutput(last_hidden_state=self.norm(x), cache=cache)
 
     def _check_static_cache(self, cache: Cache, mems, prepend_embeds, attention_mask) -> None:
         if mems is not None or prepend_embeds is not None:

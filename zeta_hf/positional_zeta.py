@@ -151,10 +151,11 @@ def apply_rotary(
     where the per-operation cost dominates; a gather is slower than slicing for long sequences).
     """
     if rotate_index is not None:
+        rotated = t.index_select(-1, rotate_index)  # t[..., rotate_index], without Python-level indexing
         if isinstance(scale, float) and scale == 1.0:
-            out = t * cos + t[..., rotate_index] * sin
+            out = t * cos + rotated * sin
         else:
-            out = t * cos * scale + t[..., rotate_index] * sin * scale
+            out = t * cos * scale + rotated * sin * scale
         return out if out.dtype == t.dtype else out.to(t.dtype)
     rot_dim = cos.shape[-1]
     t_rot = t[..., :rot_dim]
