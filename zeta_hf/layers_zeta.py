@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_zeta import ZetaConfig
@@ -571,22 +572,27 @@ class ZetaLayer(GradientCheckpointingLayer):
             and isinstance(a.out_glu, plain) and a.v_gate is None and a.head_scale is None
         )
 
-    def decode_step(self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable) -> torch.Tensor:
+    def decode_step(
+        self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
+    ) -> torch.Tensor:
         """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`.
 
         The same operations in the same order, so the same numbers bit for bit (tests/test_kv_cache.py), without the
-        module calls and option branches that cost as much as the matrix products of a batch-1 decode step.
+        module calls and option branches that cost as much as the matrix products of a batch-1 decode step. The caller
+        has checked that no module has hooks, so modules are run through `forward`, skipping `nn.Module.__call__`.
+        Where transformers' sdpa function would only call PyTorch's (one unmasked query per row, no grouped heads), this
+        calls it directly.
         """
         b = x.shape[0]
-        h = self.pre_norm(x)
+        h = self.pre_norm.forward(x)
         if self.mlp is not None:
             f = self.mlp
             h = F.linear(h, f.up_proj.weight, f.up_proj.bias)
             if f.glu:
                 h, gate = h.chunk(2, dim=-1)
-                h = h * f.act(gate)
+                h = h * f.act.forward(gate)
             else:
-                h = f.act(h)
+                h = f.act.forward(h)
             return F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
         a = self.self_attn
         query = F.linear(h, a.q_proj.weight, a.q_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, h, 1, d)
@@ -595,5 +601,8 @@ class ZetaLayer(GradientCheckpointingLayer):
         if rotary is not None:
             query, key, value = a.rotate(query, key, value, rotary)
         key, value = cache.update(key, value, a.layer_idx)
-        out, _ = attention_interface(a, query, key, value, None, dropout=0.0, scaling=a.scaling, is_causal=False)
+        if attention_interface is sdpa_attention_forward and a.num_key_value_groups == 1:
+            out = F.scaled_dot_product_attention(query, key, value, scale=a.scaling).transpose(1, 2)  # (b, 1, h, d)
+        else:
+            out, _ = attention_interface(a, query, key, value, None, dropout=0.0, scaling=a.scaling, is_causal=False)
         return F.linear(out.reshape(b, 1, -1), a.o_proj.weight, a.o_proj.bias) + x  # (b, 1, h * d)

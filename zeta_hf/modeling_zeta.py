@@ -756,7 +756,7 @@ class ZetaModel(ZetaPreTrainedModel):
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         for layer in self.layers:
             x = layer.decode_step(x, cache, rotary, attention)
-        return ZetaModelOutput(last_hidden_state=self.norm(x), cache=cache)
+        return ZetaModelOutput(last_hidden_state=self.norm.forward(x), cache=cache)  # no hooks: `_serves_decode_step`
 
     def _check_static_cache(self, cache: Cache, mems, prepend_embeds, attention_mask) -> None:
         if mems is not None or prepend_embeds is not None:
