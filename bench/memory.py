@@ -41,7 +41,7 @@ ENVIRONMENTS: dict[str, dict[str, str]] = {
     "rss_no_dnnl": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"},
 }
 MODES = (*ENVIRONMENTS, "tensors")
-WORKLOADS = ("train_step", "forward", "decode", "decode_uncached")
+WORKLOADS = ("train_step", "forward", "decode", "decode_uncached", "train_step_ckpt")
 
 
 def tensor_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:
@@ -82,20 +82,21 @@ def run(model: str, workload: str, size_name: str, mode: str) -> dict[str, Any]:
 
 
 def make_table(results: list[dict[str, Any]], models: list[str], workloads: list[str]) -> str:
-    """Median MB per (workload, model, mode), each with its ratio to Llama."""
-    head = " | ".join(f"{mode} MB (/ Llama)" for mode in MODES)
-    lines = [f"| workload | model | {head} |", "|---|---|" + "---|" * len(MODES)]
+    """Median MB per (workload, model, mode), each with its ratio to Llama; one column per mode that was run."""
+    modes = [mode for mode in MODES if any(r["mode"] == mode for r in results)]
+    head = " | ".join(f"{mode} MB (/ Llama)" for mode in modes)
+    lines = [f"| workload | model | {head} |", "|---|---|" + "---|" * len(modes)]
     for workload in workloads:
         med: dict[tuple[str, str], float] = {}
         for model in models:
-            for mode in MODES:
+            for mode in modes:
                 values = [r["peak_mb"] for r in results if (r["model"], r["workload"], r["mode"]) == (model, workload, mode)
                           and not r.get("error")]
                 if values:
                     med[model, mode] = statistics.median(values)
         for model in models:
             cells = []
-            for mode in MODES:
+            for mode in modes:
                 if (model, mode) not in med:
                     cells.append("-")
                     continue
