@@ -7,6 +7,7 @@ Each block is built from `(config, layer_idx)`; options that are off are `None` 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -79,18 +80,23 @@ class ZetaGELU(nn.Module):
     shape: 4-8 ms and a slice of memory per new sequence length (so decoding without a cache, or prompts of many
     lengths, pays it at every length), and 14 us instead of 3 us for the one-row input of a decode step. Same function;
     the two kernels differ in the last bits (~1e-6). Under `torch.compile` the compiler generates its own kernel.
+    The backend switch is process-wide: a lock keeps two threads from interleaving their switch and restore (another
+    thread's operations in that window only run on PyTorch's own kernels, with the same results).
     """
+
+    _backend_switch = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             return F.gelu(x)
         mkldnn = torch.backends.mkldnn
-        enabled = mkldnn.enabled
-        mkldnn.enabled = False
-        try:
-            return F.gelu(x)
-        finally:
-            mkldnn.enabled = enabled
+        with self._backend_switch:
+            enabled = mkldnn.enabled
+            mkldnn.enabled = False
+            try:
+                return F.gelu(x)
+            finally:
+                mkldnn.enabled = enabled
 
 
 class ReluSquared(nn.Module):
