@@ -1,0 +1,127 @@
+"""Where a train step's time goes: zeta_hf vs transformers' Llama, side by side in one process.
+
+For each model (matched as in bench.py) and the size's batch, one train step (forward with the loss, backward,
+AdamW) is timed in its three parts; the two models alternate step by step for `--rounds` rounds, so a slow spell of
+the shared machine hits both, and the ratio reported is the median of the per-round ratios. Then two steps per model
+run under `torch.profiler`, and the self time of the aten operators is split into matrix products, attention (sdpa's
+flash kernels), the optimizer and everything else.
+
+From those it derives:
+- `gemm GFLOP/s`: 6 x parameters x tokens over the matrix products' own time (how close they run to the machine's
+  peak, measured as in bench.py);
+- `MFU cap`: 6 x parameters x tokens over the operators' time alone (no Python, no autograd engine): the model-FLOP
+  utilisation an implementation made of these operators cannot exceed.
+
+Not a test: nothing here asserts.
+
+    python bench/profile_train.py --size medium --rounds 6 --out bench/results/profile_train_medium.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import SIZES, build, gemm_peak_gflops, logits_of, num_threads  # noqa: E402
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def category(op: str) -> str | None:
+    if op in GEMM_OPS:
+        return "gemm"
+    if "scaled_dot_product" in op:
+        return "attention"
+    if "_foreach" in op or "adam" in op.lower():
+        return "optimizer"
+    return "other" if op.startswith("aten::") else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default="medium", metavar="{small,medium}")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", default=None, help="JSON file for the raw numbers")
+    args = parser.parse_args()
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(num_threads())
+    size = SIZES[args.size]
+    ids = torch.randint(0, 256, (size["batch"], size["seq"]))
+    models: dict[str, Any] = {}
+    for name in ("llama", "zeta"):
+        model = build(name, size).train()
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+
+    def step(name: str) -> tuple[float, float, float]:
+        model, opt = models[name]
+        t0 = time.perf_counter()
+        logits = logits_of(name, model, ids)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    for name in models:
+        step(name)  # warm-up: optimizer state, kernels
+    parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name in models:
+            parts[name].append(step(name))
+
+    operators: dict[str, dict[str, float]] = {}
+    for name in models:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(name)
+            step(name)
+        split = {"gemm": 0.0, "attention": 0.0, "optimizer": 0.0, "other": 0.0}
+        for event in prof.key_averages():
+            kind = category(event.key)
+            if kind is not None:
+                split[kind] += event.self_cpu_time_total / 2 / 1e6  # seconds per step
+        operators[name] = split
+
+    peak = gemm_peak_gflops()
+    tokens = ids.numel()
+    result: dict[str, Any] = dict(size=args.size, threads=num_threads(), rounds=args.rounds, gemm_peak_gflops=peak,
+                                  models={})
+    print(f"\n{args.size}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s; ms per step, medians of "
+          f"{args.rounds} interleaved rounds; operator self time from torch.profiler (2 steps)\n")
+    print("| model | forward + loss | backward | AdamW | step | matrix products | attention | optimizer ops | other ops "
+          "| gemm GFLOP/s | MFU | MFU cap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, (model, _) in models.items():
+        flops = 6 * sum(p.numel() for p in model.parameters()) * tokens
+        fwd, bwd, opt = (statistics.median(p[i] for p in parts[name]) for i in range(3))
+        total = fwd + bwd + opt
+        ops = operators[name]
+        gemm_rate = flops / ops["gemm"] / 1e9
+        mfu = flops / total / 1e9 / peak
+        cap = flops / sum(ops.values()) / 1e9 / peak
+        print(f"| {name} | {fwd * 1e3:.0f} | {bwd * 1e3:.0f} | {opt * 1e3:.0f} | {total * 1e3:.0f} "
+              f"| {ops['gemm'] * 1e3:.0f} | {ops['attention'] * 1e3:.0f} | {ops['optimizer'] * 1e3:.0f} "
+              f"| {ops['other'] * 1e3:.0f} | {gemm_rate:.0f} | {mfu:.0%} | {cap:.0%} |")
+        result["models"][name] = dict(step_parts_s=parts[name], operators_s=ops, flops_per_step=flops,
+                                      median_step_s=total, mfu=mfu, mfu_cap=cap, gemm_gflops=gemm_rate)
+    ratios = [sum(llama) / sum(zeta) for llama, zeta in zip(parts["llama"], parts["zeta"])]
+    result["paired_ratio"] = statistics.median(ratios)
+    print(f"\nzeta_hf steps per second / Llama's, median of per-round ratios: {result['paired_ratio']:.2f}x "
+          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
