@@ -101,9 +101,7 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
         h = unit_norm(x) * norm.scale * norm.weight
         if layer.mlp is not None:
             f = layer.mlp
-            h = F.linear(h, f.up_proj.weight, f.up_proj.bias)
-            with torch.backends.mkldnn.flags(enabled=False):  # zeta_hf's GELU kernel (ZetaGELU)
-                h = F.gelu(h)
+            h = f.act.forward(F.linear(h, f.up_proj.weight, f.up_proj.bias))  # ZetaGELU, without Module.__call__
             x = F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
             continue
         a = layer.self_attn

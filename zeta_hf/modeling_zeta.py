@@ -594,11 +594,12 @@ class ZetaModel(ZetaPreTrainedModel):
             and input_ids is not None
             and input_ids.shape[1] == 1
             and not self.training
-            and (attention_mask is None or self._mask_keeps_all(
-                attention_mask, input_ids.shape[0], cache.get_seq_length() - cache.zeta_prefix[0] + 1))
             and all(v is None for v in (mems, pos, sum_embeds, prepend_embeds, encoder_hidden_states))
             and not (output_attentions or output_hidden_states or output_mems)
             and not torch.compiler.is_compiling()
+            # last: it syncs, and a call that goes on to the generic forward would check the mask there again
+            and (attention_mask is None or self._mask_keeps_all(
+                attention_mask, input_ids.shape[0], cache.get_seq_length() - cache.zeta_prefix[0] + 1))
         ):
             return self._decode_step(input_ids, position_ids, cache)
 
