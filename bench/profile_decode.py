@@ -91,14 +91,15 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from zeta_hf.positional_zeta import apply_rotary, unit_norm
+    from zeta_hf.layers_zeta import row_factor
+    from zeta_hf.positional_zeta import apply_rotary
 
     m = model.model
     x = F.embedding(token, m.embed_tokens.weight)
     cos, sin, _, index = m.rotary_emb(torch.tensor([[position]]), 0)
     for layer in m.layers:
         norm = layer.pre_norm
-        h = unit_norm(x) * norm.scale * norm.weight
+        h = x * row_factor(x, norm.scale) * norm.weight
         if layer.mlp is not None:
             f = layer.mlp
             h = f.act.forward(F.linear(h, f.up_proj.weight, f.up_proj.bias))  # ZetaGELU, without Module.__call__
@@ -113,7 +114,7 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
         out = F.scaled_dot_product_attention(q, k, v, scale=a.scaling).transpose(1, 2).reshape(1, 1, -1)
         x = F.linear(out, a.o_proj.weight) + x
     norm = m.norm
-    x = unit_norm(x) * norm.scale * norm.weight
+    x = x * row_factor(x, norm.scale) * norm.weight
     return F.linear(x, model.lm_head.weight, model.lm_head.bias)
 
 
