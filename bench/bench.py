@@ -213,7 +213,7 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
     return dict(tokens_per_s=tokens / seconds, cpu_utilisation=cpu, **extra)
 
 
-def gemm_peak_gflops() -> float:
+def gemm_peak_gflops(tries: int = 5, reps: int = 20) -> float:
     """Measured fp32 GEMM throughput of this machine (the bound for train step and forward)."""
     import torch
 
@@ -221,12 +221,12 @@ def gemm_peak_gflops() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
     best = float("inf")
-    for _ in range(5):  # the best of a few tries: a shared machine only ever makes a try slower
+    for _ in range(tries):  # the best of a few tries: a shared machine only ever makes a try slower
         t0 = time.perf_counter()
-        for _ in range(20):
+        for _ in range(reps):
             a @ b
         best = min(best, time.perf_counter() - t0)
-    return 20 * 2 * 1024**3 / best / 1e9
+    return reps * 2 * 1024**3 / best / 1e9
 
 
 def flops_per_token(workload: str, model: str, params: int, size: dict[str, int]) -> float:

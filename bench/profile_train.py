@@ -6,7 +6,12 @@ the shared machine hits both, and the ratio reported is the median of the per-ro
 run under `torch.profiler`, and the self time of the aten operators is split into matrix products, attention (sdpa's
 flash kernels), the optimizer and everything else.
 
+Every round also measures the GEMM peak (a short burst of 1024 x 1024 products, the best of 3), so each step's
+model-FLOP utilisation is taken against the peak of the same minute: this machine's speed drifts by up to 2x within
+minutes, and a peak measured once, minutes away, can put MFU anywhere from 45% to 75%.
+
 From those it derives:
+- `MFU`: 6 x parameters x tokens per step over the step's time, over that round's GEMM peak (median of rounds);
 - `gemm GFLOP/s`: 6 x parameters x tokens over the matrix products' own time (how close they run to the machine's
   peak, measured as in bench.py);
 - `MFU cap`: 6 x parameters x tokens over the operators' time alone (no Python, no autograd engine): the model-FLOP
@@ -14,7 +19,7 @@ From those it derives:
 
 Not a test: nothing here asserts.
 
-    python bench/profile_train.py --size medium --rounds 6 --out bench/results/profile_train_medium.json
+    python bench/profile_train.py --size medium --rounds 20 --out bench/results/profile_train_medium.json
 """
 
 from __future__ import annotations
@@ -76,12 +81,16 @@ def main() -> None:
     for name in models:
         step(name)  # warm-up: optimizer state, kernels
     parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in models}
+    round_peaks: list[float] = []
     for _ in range(args.rounds):
+        round_peaks.append(gemm_peak_gflops(tries=3, reps=5))
         for name in models:
             parts[name].append(step(name))
 
     operators: dict[str, dict[str, float]] = {}
+    profile_peaks: dict[str, float] = {}
     for name in models:
+        profile_peaks[name] = gemm_peak_gflops(tries=3, reps=5)  # the cap is taken against the peak of its minute
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(name)
             step(name)
@@ -92,12 +101,13 @@ def main() -> None:
                 split[kind] += event.self_cpu_time_total / 2 / 1e6  # seconds per step
         operators[name] = split
 
-    peak = gemm_peak_gflops()
+    peak = statistics.median(round_peaks)
     tokens = ids.numel()
     result: dict[str, Any] = dict(size=args.size, threads=num_threads(), rounds=args.rounds, gemm_peak_gflops=peak,
-                                  models={})
-    print(f"\n{args.size}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s; ms per step, medians of "
-          f"{args.rounds} interleaved rounds; operator self time from torch.profiler (2 steps)\n")
+                                  round_gemm_peaks_gflops=round_peaks, models={})
+    print(f"\n{args.size}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s (median of rounds, "
+          f"{min(round_peaks):.0f}-{max(round_peaks):.0f}); ms per step, medians of {args.rounds} interleaved rounds; "
+          f"operator self time from torch.profiler (2 steps)\n")
     print("| model | forward + loss | backward | AdamW | step | matrix products | attention | optimizer ops | other ops "
           "| gemm GFLOP/s | MFU | MFU cap |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -107,13 +117,14 @@ def main() -> None:
         total = fwd + bwd + opt
         ops = operators[name]
         gemm_rate = flops / ops["gemm"] / 1e9
-        mfu = flops / total / 1e9 / peak
-        cap = flops / sum(ops.values()) / 1e9 / peak
+        mfu = statistics.median(flops / sum(p) / 1e9 / rp for p, rp in zip(parts[name], round_peaks))
+        cap = flops / sum(ops.values()) / 1e9 / profile_peaks[name]
         print(f"| {name} | {fwd * 1e3:.0f} | {bwd * 1e3:.0f} | {opt * 1e3:.0f} | {total * 1e3:.0f} "
               f"| {ops['gemm'] * 1e3:.0f} | {ops['attention'] * 1e3:.0f} | {ops['optimizer'] * 1e3:.0f} "
               f"| {ops['other'] * 1e3:.0f} | {gemm_rate:.0f} | {mfu:.0%} | {cap:.0%} |")
         result["models"][name] = dict(step_parts_s=parts[name], operators_s=ops, flops_per_step=flops,
-                                      median_step_s=total, mfu=mfu, mfu_cap=cap, gemm_gflops=gemm_rate)
+                                      median_step_s=total, mfu=mfu, mfu_cap=cap, gemm_gflops=gemm_rate,
+                                      profile_gemm_peak_gflops=profile_peaks[name])
     ratios = [sum(llama) / sum(zeta) for llama, zeta in zip(parts["llama"], parts["zeta"])]
     result["paired_ratio"] = statistics.median(ratios)
     print(f"\nzeta_hf steps per second / Llama's, median of per-round ratios: {result['paired_ratio']:.2f}x "

@@ -39,9 +39,13 @@ def test_growing_layer_equals_concatenation_across_reallocations():
 
 def test_growing_layer_appends_in_place_within_capacity():
     layer = GrowingKVLayer()
-    layer.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))
+    prompt_k = torch.randn(1, 2, 10, 4)
+    keys, _ = layer.update(prompt_k, torch.randn(1, 2, 10, 4))
+    assert layer.key_buffer is None and keys is prompt_k, "the first fill allocated headroom"
+    layer.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
     buffer = layer.key_buffer
-    for _ in range(100):
+    assert buffer.shape[-2] >= 11 + 256
+    for _ in range(99):
         keys, _ = layer.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
     assert layer.key_buffer is buffer, "a single-token append reallocated the buffer"
     assert keys.data_ptr() == buffer.data_ptr() and keys.shape[-2] == 110

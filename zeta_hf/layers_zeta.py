@@ -450,8 +450,11 @@ class GrowingKVLayer(DynamicLayer):
     `DynamicLayer` concatenates at every step, copying the whole cache per token and layer: at a context of a few
     thousand tokens that copy costs more than the layer's matmuls. Here a token is written into spare room and the
     buffer is reallocated only when full (with 25% / 256 tokens of headroom), so the copying per token is amortised
-    O(1). Values are exactly those `DynamicLayer` would hold. The generic methods (crop, beam reorder, batch select,
-    offload) replace `self.keys` by a new tensor; the next update notices and adopts it into a fresh buffer.
+    O(1). The first fill of an empty layer keeps the tokens as they came, with no headroom: a forward pass that is never
+    extended (scoring, a pipeline's forward) holds exactly its KV, as with `DynamicLayer`; the first append moves
+    them into a buffer (one copy of one layer's KV at a time). Values are exactly those `DynamicLayer` would hold. The
+    generic methods (crop, beam reorder, batch select, offload) replace `self.keys` by a new tensor; the next update
+    notices and adopts it into a fresh buffer.
     """
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -467,8 +470,11 @@ class GrowingKVLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length = self.get_seq_length()
-        total = length + key_states.shape[-2]
         buffer = self.key_buffer
+        if length == 0 and buffer is None:  # first fill: no headroom until something is appended
+            self.keys, self.values = key_states, value_states
+            return self.keys, self.values
+        total = length + key_states.shape[-2]
         in_place = (
             buffer is not None
             and total <= buffer.shape[-2]
