@@ -143,8 +143,29 @@ def run_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:
     except Exception as exc:  # a failing cell is a result too (e.g. a cache type the model does not support)
         cell["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cell.update(peak_rss_mb=peak_mb, rss_over_baseline_mb=peak_mb - baseline_mb)
+    cell.update(peak_rss_mb=peak_mb, rss_over_baseline_mb=peak_mb - baseline_mb, **malloc_heap_mb())
     return cell
+
+
+def malloc_heap_mb() -> dict[str, float]:
+    """glibc's main heap now: bytes in use by live blocks and bytes free inside it (kept, counted in RSS once touched).
+
+    What a peak RSS above the live tensors is made of: `memory.py` reports the free part. Empty off glibc."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return dict(malloc_heap_in_use_mb=info.uordblks / 2**20, malloc_heap_free_mb=info.fordblks / 2**20,
+                malloc_mmapped_mb=info.hblkhd / 2**20)
 
 
 def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ models interleaved over rounds) under three environments, plus one profiled run:
                  peak then depends on the order of allocations, not on how much is alive.
   rss_no_dnnl    ONEDNN_PRIMITIVE_CACHE_CAPACITY=0: oneDNN keeps no compiled kernel per input shape (PyTorch routes a
                  linear layer with a bias through oneDNN; uncached decoding has a new shape at every step).
+  (rss also records what glibc's heap keeps free at the end of the cell: memory counted in RSS but holding no live
+  block, the part of a peak that depends on the allocator rather than on the model.)
   tensors        peak bytes of live tensors (gradients, optimizer state, activations, temporaries; the model's
                  weights, built before, are not counted), from `torch.profiler`'s memory timeline.
 
@@ -77,31 +79,35 @@ def run(model: str, workload: str, size_name: str, mode: str) -> dict[str, Any]:
         return dict(model=model, workload=workload, mode=mode, error=tail[:300])
     if mode != "tensors":
         cell = dict(model=model, workload=workload, mode=mode, peak_mb=cell["peak_rss_mb"],
-                    over_build_mb=cell["rss_over_baseline_mb"], error=cell.get("error"))
+                    over_build_mb=cell["rss_over_baseline_mb"], error=cell.get("error"),
+                    heap_free_mb=cell.get("malloc_heap_free_mb"))
     return cell
 
 
 def make_table(results: list[dict[str, Any]], models: list[str], workloads: list[str]) -> str:
     """Median MB per (workload, model, mode), each with its ratio to Llama; one column per mode that was run."""
     modes = [mode for mode in MODES if any(r["mode"] == mode for r in results)]
-    head = " | ".join(f"{mode} MB (/ Llama)" for mode in modes)
-    lines = [f"| workload | model | {head} |", "|---|---|" + "---|" * len(modes)]
+    columns = [(mode, "peak_mb", f"{mode} MB (/ Llama)") for mode in modes]
+    if any(r.get("heap_free_mb") is not None for r in results if r["mode"] == "rss"):
+        columns.append(("rss", "heap_free_mb", "rss: glibc heap kept free at the end, MB (/ Llama)"))
+    head = " | ".join(title for _, _, title in columns)
+    lines = [f"| workload | model | {head} |", "|---|---|" + "---|" * len(columns)]
     for workload in workloads:
         med: dict[tuple[str, str], float] = {}
         for model in models:
-            for mode in modes:
-                values = [r["peak_mb"] for r in results if (r["model"], r["workload"], r["mode"]) == (model, workload, mode)
-                          and not r.get("error")]
+            for mode, field, _ in columns:
+                values = [r[field] for r in results if (r["model"], r["workload"], r["mode"]) == (model, workload, mode)
+                          and not r.get("error") and r.get(field) is not None]
                 if values:
-                    med[model, mode] = statistics.median(values)
+                    med[model, mode, field] = statistics.median(values)
         for model in models:
             cells = []
-            for mode in modes:
-                if (model, mode) not in med:
+            for mode, field, _ in columns:
+                if (model, mode, field) not in med:
                     cells.append("-")
                     continue
-                ratio = f" ({med[model, mode] / med['llama', mode]:.2f})" if ("llama", mode) in med else ""
-                cells.append(f"{med[model, mode]:.0f}{ratio}")
+                value, llama = med[model, mode, field], med.get(("llama", mode, field))
+                cells.append(f"{value:.0f}" + (f" ({value / llama:.2f})" if llama else ""))
             lines.append(f"| {workload} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -2,7 +2,8 @@
 
 For each model (matched as in bench.py) and the size's batch, one train step (forward with the loss, backward,
 AdamW) is timed in its three parts; the two models alternate step by step for `--rounds` rounds, so a slow spell of
-the shared machine hits both, and the ratio reported is the median of the per-round ratios. Then two steps per model
+the shared machine hits both, and the ratio reported is the median of the per-round ratios. `--compiled` adds a third
+model, zeta_hf under `torch.compile` (inductor), to the same rounds. Then two steps per model
 run under `torch.profiler`, and the self time of the aten operators is split into matrix products, attention (sdpa's
 flash kernels), the optimizer and everything else.
 
@@ -19,7 +20,7 @@ From those it derives:
 
 Not a test: nothing here asserts.
 
-    python bench/profile_train.py --size medium --rounds 20 --out bench/results/profile_train_medium.json
+    python bench/profile_train.py --size medium --rounds 20 --compiled --out bench/results/profile_train_medium.json
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--size", choices=SIZES, default="medium", metavar="{small,medium}")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--out", default=None, help="JSON file for the raw numbers")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time zeta_hf under torch.compile (same rounds; no operator profile for it)")
     args = parser.parse_args()
 
     import torch
@@ -61,15 +64,16 @@ def main() -> None:
     torch.set_num_threads(num_threads())
     size = SIZES[args.size]
     ids = torch.randint(0, 256, (size["batch"], size["seq"]))
-    models: dict[str, Any] = {}
-    for name in ("llama", "zeta"):
-        model = build(name, size).train()
-        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    models: dict[str, Any] = {}  # name -> (model, optimizer, what the step calls)
+    for name in ("llama", "zeta") + (("zeta_compiled",) if args.compiled else ()):
+        model = build(name.removesuffix("_compiled"), size).train()
+        call = torch.compile(model) if name.endswith("_compiled") else model
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), call)
 
     def step(name: str) -> tuple[float, float, float]:
-        model, opt = models[name]
+        _, opt, call = models[name]
         t0 = time.perf_counter()
-        logits = logits_of(name, model, ids)
+        logits = logits_of(name.removesuffix("_compiled"), call, ids)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         t1 = time.perf_counter()
         loss.backward()
@@ -79,7 +83,8 @@ def main() -> None:
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
     for name in models:
-        step(name)  # warm-up: optimizer state, kernels
+        step(name)  # warm-up: optimizer state, kernels (and compilation)
+        step(name)
     parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in models}
     round_peaks: list[float] = []
     for _ in range(args.rounds):
@@ -89,7 +94,7 @@ def main() -> None:
 
     operators: dict[str, dict[str, float]] = {}
     profile_peaks: dict[str, float] = {}
-    for name in models:
+    for name in ("llama", "zeta"):  # compiled kernels are not aten operators: no split for them
         profile_peaks[name] = gemm_peak_gflops(tries=3, reps=5)  # the cap is taken against the peak of its minute
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step(name)
@@ -111,24 +116,32 @@ def main() -> None:
     print("| model | forward + loss | backward | AdamW | step | matrix products | attention | optimizer ops | other ops "
           "| gemm GFLOP/s | MFU | MFU cap |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, (model, _) in models.items():
+    for name, (model, _, _) in models.items():
         flops = 6 * sum(p.numel() for p in model.parameters()) * tokens
         fwd, bwd, opt = (statistics.median(p[i] for p in parts[name]) for i in range(3))
         total = fwd + bwd + opt
-        ops = operators[name]
-        gemm_rate = flops / ops["gemm"] / 1e9
         mfu = statistics.median(flops / sum(p) / 1e9 / rp for p, rp in zip(parts[name], round_peaks))
-        cap = flops / sum(ops.values()) / 1e9 / profile_peaks[name]
-        print(f"| {name} | {fwd * 1e3:.0f} | {bwd * 1e3:.0f} | {opt * 1e3:.0f} | {total * 1e3:.0f} "
-              f"| {ops['gemm'] * 1e3:.0f} | {ops['attention'] * 1e3:.0f} | {ops['optimizer'] * 1e3:.0f} "
-              f"| {ops['other'] * 1e3:.0f} | {gemm_rate:.0f} | {mfu:.0%} | {cap:.0%} |")
-        result["models"][name] = dict(step_parts_s=parts[name], operators_s=ops, flops_per_step=flops,
-                                      median_step_s=total, mfu=mfu, mfu_cap=cap, gemm_gflops=gemm_rate,
-                                      profile_gemm_peak_gflops=profile_peaks[name])
-    ratios = [sum(llama) / sum(zeta) for llama, zeta in zip(parts["llama"], parts["zeta"])]
-    result["paired_ratio"] = statistics.median(ratios)
-    print(f"\nzeta_hf steps per second / Llama's, median of per-round ratios: {result['paired_ratio']:.2f}x "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        row = dict(step_parts_s=parts[name], flops_per_step=flops, median_step_s=total, mfu=mfu)
+        ops_cells = "| - | - | - | - | - | "
+        if name in operators:
+            ops = operators[name]
+            row.update(operators_s=ops, gemm_gflops=flops / ops["gemm"] / 1e9,
+                       mfu_cap=flops / sum(ops.values()) / 1e9 / profile_peaks[name],
+                       profile_gemm_peak_gflops=profile_peaks[name])
+            ops_cells = (f"| {ops['gemm'] * 1e3:.0f} | {ops['attention'] * 1e3:.0f} | {ops['optimizer'] * 1e3:.0f} "
+                         f"| {ops['other'] * 1e3:.0f} | {row['gemm_gflops']:.0f} | ")
+        cap = f"{row['mfu_cap']:.0%}" if "mfu_cap" in row else "-"
+        print(f"| {name} | {fwd * 1e3:.0f} | {bwd * 1e3:.0f} | {opt * 1e3:.0f} | {total * 1e3:.0f} {ops_cells}"
+              f"{mfu:.0%} | {cap} |")
+        result["models"][name] = row
+    for name in models:
+        if name == "llama":
+            continue
+        ratios = [sum(llama) / sum(other) for llama, other in zip(parts["llama"], parts[name])]
+        key = "paired_ratio" if name == "zeta" else f"paired_ratio_{name}"
+        result[key] = statistics.median(ratios)
+        print(f"\n{name} steps per second / Llama's, median of per-round ratios: {result[key]:.2f}x "
+              f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
