@@ -275,6 +275,17 @@ def test_bf16_activation_checkpointing_and_time_budget(tmp_path):
     assert summary["after"]["bits_per_byte"] < summary["before"]["bits_per_byte"], proc.stdout
 
 
+def test_torch_compile_trains_the_same_model(tmp_path):
+    """--torch-compile: the Trainer runs the compiled model; its steps and saved folder equal an eager run's."""
+    common = [*TINY, "--max-steps", "4", "--eval-steps", "0", "--optim", "sgd", "--lr", "0.5", "--warmup-steps", "0"]
+    zeta_hf("train", *common, "--output-dir", str(tmp_path / "eager"))
+    zeta_hf("train", *common, "--torch-compile", "--output-dir", str(tmp_path / "compiled"), timeout=900)
+    eager, compiled = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
+    assert max_abs_diff(eager, compiled) < 1e-4  # same keys (no compile wrapper prefix), same training
+    summary = json.loads((tmp_path / "compiled" / "training_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["after"]["bits_per_byte"] < summary["before"]["bits_per_byte"]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     digest = tmp_path / "digest"

@@ -110,6 +110,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or GPU)")
     opt.add_argument("--gradient-checkpointing", action="store_true",
                      help="activation checkpointing: recompute layer activations in backward to save memory")
+    opt.add_argument("--torch-compile", action="store_true",
+                     help="compile the model with torch.compile (inductor): a faster step after a compile of "
+                          "tens of seconds at the start (README, Performance)")
     run = p.add_argument_group("run")
     run.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=f"model folder (default: {DEFAULT_OUTPUT_DIR})")
     run.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output-dir")
@@ -534,6 +537,7 @@ def _training_arguments(args: argparse.Namespace):
         bf16=args.bf16,
         activation_checkpointing=args.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        torch_compile=args.torch_compile,
         dataloader_pin_memory=False,  # pinning only helps host-to-GPU copies, and warns on CPU
         # Every parameter takes part in every forward (the model tests check gradients reach all of them), so DDP
         # needs no extra graph traversal looking for unused ones.
