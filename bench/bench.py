@@ -7,7 +7,7 @@ asserts; a cell that fails records its error string instead of stopping the run.
 
 Workloads:
   train_step       forward + backward + AdamW step, batch x seq tokens
-  train_step_ckpt  HF models only: train_step with activation checkpointing (`gradient_checkpointing_enable()`)
+  train_step_ckpt  HF models only: train_step with activation checkpointing (`activation_checkpointing_enable()`)
   forward          inference forward pass, batch x seq tokens
   decode           greedy decode, batch 1, prompt 128 + 256 new, KV cache (HF default DynamicCache).
                    x-transformers 1.19 has no KV cache: its decode cell is uncached and labelled so.
@@ -177,8 +177,8 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
     if workload in ("train_step", "train_step_ckpt"):
         if workload == "train_step_ckpt":
             if model_name not in HF_MODELS:
-                raise ValueError(f"{workload} uses the HF gradient_checkpointing_enable() API")
-            model.gradient_checkpointing_enable()
+                raise ValueError(f"{workload} uses the HF activation_checkpointing_enable() API")
+            model.activation_checkpointing_enable()
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         steps = 3

@@ -92,7 +92,7 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from zeta_hf.layers_zeta import row_factor
+    from zeta_hf.layers_zeta import scale_rows
     from zeta_hf.positional_zeta import apply_rotary
 
     m = model.model
@@ -100,7 +100,7 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
     cos, sin, _, index = m.rotary_emb(torch.tensor([[position]]), 0)
     for layer in m.layers:
         norm = layer.pre_norm
-        h = x * row_factor(x, norm.scale) * norm.weight
+        h = scale_rows(x, norm.scale) * norm.weight
         if layer.mlp is not None:
             f = layer.mlp
             h = f.act.forward(F.linear(h, f.up_proj.weight, f.up_proj.bias))  # ZetaGELU, without Module.__call__
@@ -115,7 +115,7 @@ def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
         out = F.scaled_dot_product_attention(q, k, v, scale=a.scaling).transpose(1, 2).reshape(1, 1, -1)
         x = F.linear(out, a.o_proj.weight) + x
     norm = m.norm
-    x = x * row_factor(x, norm.scale) * norm.weight
+    x = scale_rows(x, norm.scale) * norm.weight
     return F.linear(x, model.lm_head.weight, model.lm_head.bias)
 
 
