@@ -26,10 +26,10 @@ TRAIN_STEPS = 30
 
 
 def zeta_hf(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = True,
-            launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m zeta_hf.cli ARGS` (or under `launcher`), returning the completed process."""
+            launcher: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m zeta_hf.cli ARGS` (or under `launcher`, with `env` on top of ENV), returning the process."""
     cmd = [*(launcher or [sys.executable, "-m", "zeta_hf.cli"]), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -279,7 +279,10 @@ def test_torch_compile_trains_the_same_model(tmp_path):
     """--torch-compile: the Trainer runs the compiled model; its steps and saved folder equal an eager run's."""
     common = [*TINY, "--max-steps", "4", "--eval-steps", "0", "--optim", "sgd", "--lr", "0.5", "--warmup-steps", "0"]
     zeta_hf("train", *common, "--output-dir", str(tmp_path / "eager"))
-    zeta_hf("train", *common, "--torch-compile", "--output-dir", str(tmp_path / "compiled"), timeout=900)
+    inductor = tmp_path / "inductor"  # where the compiled run's generated kernels go: proof that it compiled
+    zeta_hf("train", *common, "--torch-compile", "--output-dir", str(tmp_path / "compiled"), timeout=900,
+            env={"TORCHINDUCTOR_CACHE_DIR": str(inductor)})
+    assert any(inductor.rglob("*.py")), "--torch-compile ran without compiling anything"
     eager, compiled = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
     assert max_abs_diff(eager, compiled) < 1e-4  # same keys (no compile wrapper prefix), same training
     summary = json.loads((tmp_path / "compiled" / "training_summary.json").read_text())

@@ -35,10 +35,9 @@ def scale_rows(x: torch.Tensor, numerator: float | torch.Tensor, eps: float = 1e
     bfloat16 / float16 input is normalised in float32 and rounded once, as transformers' own RMSNorms do: a factor
     rounded to bfloat16 would put one shared rounding error on the whole row.
     """
-    if x.dtype in (torch.float32, torch.float64):
-        return x * (numerator / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps))
-    wide = x.float()
-    return (wide * (numerator / torch.linalg.vector_norm(wide, dim=-1, keepdim=True).clamp_min(eps))).to(x.dtype)
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    out = wide * (numerator / torch.linalg.vector_norm(wide, dim=-1, keepdim=True).clamp_min(eps))
+    return out if out.dtype == x.dtype else out.to(x.dtype)  # no dispatch on the float32 decode path
 
 
 class ZetaRMSNorm(nn.Module):
