@@ -103,6 +103,14 @@ def logits_of(model_name: str, model: Any, ids: Any) -> Any:
     return out if model_name == "xtransformers" else out.logits
 
 
+def train_loss(model_name: str, model: Any, ids: Any) -> Any:
+    """Next-token cross-entropy over `ids`, the loss every train workload steps on."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits_of(model_name, model, ids)[:, :-1].flatten(0, 1),
+                                             ids[:, 1:].flatten())
+
+
 def xt_wrapper(model: Any) -> Any:
     import x_transformers as xt
 
@@ -185,8 +193,7 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
         for i in range(steps + 1):
             if i == 1:  # first step warms up
                 cpu0, t0 = time.process_time(), time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(logits_of(model_name, model, ids)[:, :-1].flatten(0, 1),
-                                                     ids[:, 1:].flatten())
+            loss = train_loss(model_name, model, ids)
             loss.backward()
             opt.step()
             opt.zero_grad()

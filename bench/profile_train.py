@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import SIZES, build, gemm_peak_gflops, logits_of, num_threads  # noqa: E402
+from bench import SIZES, build, gemm_peak_gflops, num_threads, train_loss  # noqa: E402
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
@@ -73,8 +73,7 @@ def main() -> None:
     def step(name: str) -> tuple[float, float, float]:
         _, opt, call = models[name]
         t0 = time.perf_counter()
-        logits = logits_of(name.removesuffix("_compiled"), call, ids)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss = train_loss(name.removesuffix("_compiled"), call, ids)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
