@@ -132,8 +132,9 @@ def make_table(results: list[dict[str, Any]], models: list[str]) -> str:
             value, llama = med[m, key], med.get(("llama", key))
             cells.append(f"{value:.0f}" + (f" ({value / llama:.2f})" if llama and key != "free_when_grown_mb" else ""))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    firsts = {m: next((r for r in ok if r["model"] == m), None) for m in models}
-    firsts = {m: r for m, r in firsts.items() if r is not None}
+    firsts: dict[str, dict[str, Any]] = {}  # each model's first round
+    for r in ok:
+        firsts.setdefault(r["model"], r)
     lines += ["", "| heap / free inside it at the end of, MB | " + " | ".join(firsts) + " |",
               "|---|" + "---|" * len(firsts)]
     for i, p in enumerate(next(iter(firsts.values()))["phases"]):
