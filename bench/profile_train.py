@@ -3,9 +3,9 @@
 For each model (matched as in bench.py) and the size's batch, one train step (forward with the loss, backward,
 AdamW) is timed in its three parts; the two models alternate step by step for `--rounds` rounds, so a slow spell of
 the shared machine hits both, and the ratio reported is the median of the per-round ratios. `--compiled` adds a third
-model, zeta_hf under `torch.compile` (inductor), to the same rounds. Then two steps per model
-run under `torch.profiler`, and the self time of the aten operators is split into matrix products, attention (sdpa's
-flash kernels), the optimizer and everything else.
+model, zeta_hf under `torch.compile` (inductor), to the same rounds; `--checkpointing` turns on activation
+checkpointing for every model. Then two steps per model run under `torch.profiler`, and the self time of the aten
+operators is split into matrix products, attention (sdpa's flash kernels), the optimizer and everything else.
 
 Every round also measures the GEMM peak (a short burst of 1024 x 1024 products, the best of 3), so each step's
 model-FLOP utilisation is taken against the peak of the same minute: this machine's speed drifts by up to 2x within
@@ -21,6 +21,7 @@ From those it derives:
 Not a test: nothing here asserts.
 
     python bench/profile_train.py --size medium --rounds 20 --compiled --out bench/results/profile_train_medium.json
+    python bench/profile_train.py --size medium --rounds 12 --checkpointing --out bench/results/profile_train_medium_ckpt.json
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the raw numbers")
     parser.add_argument("--compiled", action="store_true",
                         help="also time zeta_hf under torch.compile (same rounds; no operator profile for it)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing on for every model (`activation_checkpointing_enable()`)")
     args = parser.parse_args()
 
     import torch
@@ -67,6 +70,8 @@ def main() -> None:
     models: dict[str, Any] = {}  # name -> (model, optimizer, what the step calls)
     for name in ("llama", "zeta") + (("zeta_compiled",) if args.compiled else ()):
         model = build(name.removesuffix("_compiled"), size).train()
+        if args.checkpointing:
+            model.activation_checkpointing_enable()
         call = torch.compile(model) if name.endswith("_compiled") else model
         models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4), call)
 
@@ -108,8 +113,9 @@ def main() -> None:
     peak = statistics.median(round_peaks)
     tokens = ids.numel()
     result: dict[str, Any] = dict(size=args.size, threads=num_threads(), rounds=args.rounds, gemm_peak_gflops=peak,
+                                  checkpointing=args.checkpointing,
                                   round_gemm_peaks_gflops=round_peaks, models={})
-    print(f"\n{args.size}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s (median of rounds, "
+    print(f"\n{args.size}{', activation checkpointing' if args.checkpointing else ''}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s (median of rounds, "
           f"{min(round_peaks):.0f}-{max(round_peaks):.0f}); ms per step, medians of {args.rounds} interleaved rounds; "
           f"operator self time from torch.profiler (2 steps)\n")
     print("| model | forward + loss | backward | AdamW | step | matrix products | attention | optimizer ops | other ops "
