@@ -5,8 +5,8 @@ are below. This script shows where the difference is made. Each model (built as 
 steps (forward with the loss, backward, AdamW; `--checkpointing` turns on `activation_checkpointing_enable()`) in a
 fresh process, under a dispatch mode that reads glibc's heap counters (`mallinfo2`) around every aten operator. An
 operator whose output (1 MB or more) made the heap grow although the heap already held more free bytes than that
-output needed is a request no free block could take: the heap grew because of where earlier blocks were placed (fragmentation), not
-because more was alive.
+output needed is a request no free block could take: the heap grew because of where earlier blocks were placed
+(fragmentation), not because more was alive.
 
 Per model (medians over `--rounds` fresh processes, the models interleaved):
   peak RSS            the process's peak resident set size, MB

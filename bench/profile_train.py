@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true",
                         help="also time zeta_hf under torch.compile (same rounds; no operator profile for it)")
     parser.add_argument("--checkpointing", action="store_true",
-                        help="activation checkpointing on for every model (`activation_checkpointing_enable()`)")
+                        help="activation checkpointing on for every model (`activation_checkpointing_enable()`); "
+                        "MFU still counts 6 x parameters per token, so the recomputed forward is not credited")
     args = parser.parse_args()
 
     import torch
@@ -115,7 +116,8 @@ def main() -> None:
     result: dict[str, Any] = dict(size=args.size, threads=num_threads(), rounds=args.rounds, gemm_peak_gflops=peak,
                                   checkpointing=args.checkpointing,
                                   round_gemm_peaks_gflops=round_peaks, models={})
-    print(f"\n{args.size}{', activation checkpointing' if args.checkpointing else ''}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s (median of rounds, "
+    setting = f"{args.size}, activation checkpointing" if args.checkpointing else args.size
+    print(f"\n{setting}, {num_threads()} thread(s), fp32 GEMM peak {peak:.0f} GFLOP/s (median of rounds, "
           f"{min(round_peaks):.0f}-{max(round_peaks):.0f}); ms per step, medians of {args.rounds} interleaved rounds; "
           f"operator self time from torch.profiler (2 steps)\n")
     print("| model | forward + loss | backward | AdamW | step | matrix products | attention | optimizer ops | other ops "
