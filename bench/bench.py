@@ -156,7 +156,8 @@ def run_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:
 
 
 def malloc_heap_mb() -> dict[str, float]:
-    """glibc's main heap now: bytes in use by live blocks and bytes free inside it (kept, counted in RSS once touched).
+    """glibc's heap now (all arenas): bytes in use by live blocks and bytes free inside it (kept, counted in RSS once
+    touched).
 
     What a peak RSS above the live tensors is made of: `memory.py` reports the free part. Empty off glibc."""
     import ctypes

@@ -9,8 +9,8 @@ output needed is a request no free block could take: the heap grew because of wh
 (fragmentation), not because more was alive.
 
 Per model (medians over `--rounds` fresh processes, the models interleaved):
-  peak RSS            the process's peak resident set size, MB
-  heap               glibc's main heap at its largest (bytes in use plus bytes free inside it), MB
+  peak RSS           the process's peak resident set size, MB
+  heap               glibc's heap (all arenas) at its largest: bytes in use plus bytes free inside it, MB
   grown              the heap's total growth over the steps, MB
   grown while free   the part of it made by requests (of 1 MB or more) that, by size, the free bytes could have
                      served, MB
@@ -121,6 +121,8 @@ COLUMNS = (("peak_rss_mb", "peak RSS"), ("peak_heap_mb", "heap"), ("grown_mb", "
 def make_table(results: list[dict[str, Any]], models: list[str]) -> str:
     """Medians over rounds, MB, each with its ratio to Llama; then the first round's heap at the end of each phase."""
     ok = [r for r in results if not r.get("error")]
+    if not ok:
+        return "every cell failed: " + "; ".join(sorted({r["error"] for r in results}))
     med = {(m, key): statistics.median(r[key] for r in ok if r["model"] == m)
            for m in models if any(r["model"] == m for r in ok) for key, _ in COLUMNS}
     lines = ["| MB | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
