@@ -44,6 +44,8 @@ LARGE_MB = 1.0  # smaller blocks come from glibc's size-class bins, where free b
 def heap_mb() -> tuple[float, float]:
     """(heap size, bytes free inside it) of glibc's heap, MB."""
     info = bench.malloc_heap_mb()
+    if not info:
+        raise SystemExit("heap_trace.py reads glibc's mallinfo2(), which this C library does not have.")
     return info["malloc_heap_in_use_mb"] + info["malloc_heap_free_mb"], info["malloc_heap_free_mb"]
 
 
