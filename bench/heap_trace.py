@@ -62,27 +62,31 @@ def trace_cell(model_name: str, size_name: str, steps: int, checkpointing: bool)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 256, (size["batch"], size["seq"]))
-    growths: list[dict[str, Any]] = []  # one per operator that made the heap grow
-    phase, peak_heap = ["build"], [heap_mb()[0]]
 
     class HeapTrace(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.phase = "build"
+            self.peak_heap = heap_mb()[0]
+            self.growths: list[dict[str, Any]] = []  # one per operator that made the heap grow
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             heap_before, free_before = heap_mb()
             out = func(*args, **(kwargs or {}))
             heap_after, _ = heap_mb()
-            peak_heap[0] = max(peak_heap[0], heap_after)
+            self.peak_heap = max(self.peak_heap, heap_after)
             if heap_after > heap_before:
                 outs = out if isinstance(out, (tuple, list)) else (out,)
                 out_mb = sum(t.untyped_storage().nbytes() for t in outs if isinstance(t, torch.Tensor)) / 2**20
-                growths.append(dict(phase=phase[0], op=str(func), out_mb=out_mb, grown_mb=heap_after - heap_before,
-                                    free_before_mb=free_before))
+                self.growths.append(dict(phase=self.phase, op=str(func), out_mb=out_mb,
+                                         grown_mb=heap_after - heap_before, free_before_mb=free_before))
             return out
 
     phases = []
-    with HeapTrace():
+    with HeapTrace() as trace:
         for step in range(steps):
             for name in ("forward", "backward", "optimizer"):
-                phase[0] = f"step {step} {name}"
+                trace.phase = f"step {step} {name}"
                 if name == "forward":
                     loss = bench.train_loss(model_name, model, ids)
                 elif name == "backward":
@@ -91,12 +95,13 @@ def trace_cell(model_name: str, size_name: str, steps: int, checkpointing: bool)
                     opt.step()
                     opt.zero_grad()
                 heap, free = heap_mb()
-                phases.append(dict(phase=phase[0], heap_mb=heap, free_mb=free))
+                phases.append(dict(phase=trace.phase, heap_mb=heap, free_mb=free))
+    growths = trace.growths
     fragmenting = [g for g in growths if g["free_before_mb"] >= g["out_mb"] >= LARGE_MB]
     return dict(
         model=model_name, size=size_name, checkpointing=checkpointing, steps=steps,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        peak_heap_mb=peak_heap[0],
+        peak_heap_mb=trace.peak_heap,
         grown_mb=sum(g["grown_mb"] for g in growths),
         grown_while_free_mb=sum(g["grown_mb"] for g in fragmenting),
         free_when_grown_mb=statistics.median(g["free_before_mb"] for g in fragmenting) if fragmenting else 0.0,
