@@ -216,9 +216,14 @@ def test_generate_through_the_lean_step_equals_uncached_generation():
 
 @pytest.mark.parametrize("case", ["alibi", "sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
                                   "output-attentions", "padded-mask"])
-def test_lean_decode_step_steps_aside_where_it_would_differ(case):
+def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     """Options the lean step leaves out, hooks it would skip, PEFT layers it would bypass and extras asked for at a
     step all take the generic forward, whose results are the reference."""
+    from zeta_hf.modeling_zeta import ZetaModel
+
+    calls = []
+    original = ZetaModel._decode_step
+    monkeypatch.setattr(ZetaModel, "_decode_step", lambda self, *a: calls.append(1) or original(self, *a))
     overrides = {"alibi": dict(position_embedding="alibi"), "sandwich-norm": dict(norm_placement="sandwich"),
                  "qk-norm": dict(qk_norm=True), "shift-tokens": dict(shift_tokens=1)}.get(case, {})
     model = tiny(**overrides)
@@ -244,7 +249,14 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case):
         fresh = model(ids, use_cache=True).cache
         fresh.zeta_decode_step = False
         got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
+        assert not calls, f"{case}: the step went through the lean decode step"
         want = model(token, cache=fresh, use_cache=True, **step_kwargs).logits
+        # the same step without the reason to step aside does take the lean step (so the check above can fail)
+        plain = tiny()
+        with torch.no_grad():
+            warm = plain(ids, use_cache=True).cache
+            plain(token, cache=warm, use_cache=True)
+        assert calls == [1], "the lean decode step is never taken, so stepping aside proves nothing"
     assert torch.equal(got, want)
 
 

@@ -87,6 +87,11 @@ VARIANTS = [
     dict(cross_attend=True, only_cross=True, gate_values=True, num_memory_kv=1),
     dict(cross_attend=True, is_causal=False, position_embedding="dynamic", shift_tokens=1, max_attend_past=2,
          sparse_topk=3, **MEM),
+    # static-cache variants (`supports_static_cache`: cacheable, rotary or no positions, nothing before the tokens on
+    # the key axis, no XL mems), so the static-cache checks run rather than skip
+    dict(position_embedding="rotary", norm="rmsnorm", ff_activation="swiglu", num_key_value_heads=2),
+    dict(position_embedding="none", absolute_position_embedding="learned", norm_placement="sandwich", qk_norm=True,
+         tie_word_embeddings=True),
 ]
 
 
@@ -411,9 +416,11 @@ class ModelCheckMixin:
             full = model(ids, mems=mems, use_cache=False, **enc).logits
             cache = DynamicCache()
             if cache_kind == "static":
-                if not config.supports_static_cache or mems is not None:
-                    pytest.skip("config.supports_static_cache is False (or XL mems, which a static cache refuses)")
                 cache = StaticCache(config=model.config, max_cache_len=12)
+                if not config.supports_static_cache or mems is not None:  # refused up front, by name
+                    with pytest.raises(ValueError, match="static cache"):
+                        model(ids[:, :4], cache=cache, use_cache=True, mems=mems, **enc)
+                    return
             # prefix of 4, then one token at a time, then a chunk of 3
             steps = [(0, 4), (4, 5), (5, 6), (6, 9)]
             parts = []
@@ -422,6 +429,40 @@ class ModelCheckMixin:
                 assert out.cache is cache
                 parts.append(out.logits)
         assert_close(torch.cat(parts, dim=1), full, 1e-5, "incremental vs full forward logits", relative=True)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    def test_lean_decode_step_equals_generic_or_is_not_taken(self, config, dtype, monkeypatch):
+        """One token per row on a warm cache may take the lean decode step (`ZetaModel._decode_step`). Wherever a
+        configuration takes it, its logits equal the generic forward's bit for bit; a configuration that leaves it out
+        never reaches it."""
+        self.require_causal(config)
+        self.require_cache(config)
+        from zeta_hf.modeling_zeta import ZetaModel
+
+        calls = []
+        original = ZetaModel._decode_step
+        monkeypatch.setattr(ZetaModel, "_decode_step", lambda model, *a: calls.append(1) or original(model, *a))
+        model = self.build(config).to(dtype)
+        ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
+        enc = {k: v.to(dtype) if v.is_floating_point() else v for k, v in enc.items()}
+        with torch.no_grad():
+            lean_cache = model(ids, use_cache=True, **enc).cache
+            generic_cache = model(ids, use_cache=True, **enc).cache
+            lean_served = bool(getattr(lean_cache, "zeta_decode_step", False))
+            generic_cache.zeta_decode_step = False  # forces the generic forward
+            token = model(ids, use_cache=False, **enc).logits[:, -1:].argmax(-1)
+            for step in range(3):
+                calls.clear()
+                got = model(token, cache=lean_cache, use_cache=True, **enc).logits
+                assert len(calls) == (1 if lean_served else 0), f"step {step}: lean step taken {len(calls)} times"
+                calls.clear()
+                want = model(token, cache=generic_cache, use_cache=True, **enc).logits
+                assert not calls, "the generic reference went through the lean step"
+                assert got.dtype == want.dtype == dtype
+                assert torch.equal(got, want), f"step {step}: lean vs generic differ by {(got - want).abs().max()}"
+                token = want.argmax(-1)
+        # the options the lean step leaves out are exactly those a layer cannot serve
+        assert lean_served == model.model._serves_decode_step()
 
     # ---- 5. gradients reach every parameter ----
     def test_gradients_reach_every_parameter(self, config):
