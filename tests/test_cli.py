@@ -151,6 +151,44 @@ def test_generate_streams_a_completion(trained):
     assert sampled.strip("\n") or sampled == "\n"  # sampled text may legitimately end at </s> straight away
 
 
+@pytest.mark.parametrize(
+    "options",
+    [("--greedy",), ("--seed", "3", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9"),
+     ("--seed", "4", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9"), ("--seed", "3", "--temperature", "0.7")],
+    ids=["greedy", "sample-seed3", "sample-seed4", "temperature-only"],
+)
+def test_generate_options_equal_model_generate(trained, options):
+    """Every `zeta-hf generate` option reaches `model.generate`: the printed text equals the in-process call with the
+    same settings (same seed, temperature, top-k, top-p or greedy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    out, _ = trained
+    prompt, new = "The ", 16
+    printed = zeta_hf("generate", "--model", str(out), "--prompt", prompt, "--max-new-tokens", str(new), *options).stdout
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    flags = dict(zip(options[::2], options[1::2])) if options != ("--greedy",) else {}
+    settings = dict(do_sample=False) if not flags else dict(
+        do_sample=True, temperature=float(flags["--temperature"]),
+        top_k=int(flags.get("--top-k", model.generation_config.top_k or 0)) or None,
+        top_p=float(flags.get("--top-p", model.generation_config.top_p or 1.0)))
+    set_seed(int(flags.get("--seed", 0)))
+    with torch.no_grad():
+        sequence = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, **settings)[0]
+    expected = tokenizer.decode(sequence, skip_special_tokens=True)
+    # the streamer ends its text with a newline of its own; the text itself is compared whole
+    assert printed.rstrip("\n") == expected.rstrip("\n"), f"{options}: printed {printed!r}, generate gives {expected!r}"
+    assert len(expected) > len(prompt)
+
+
+def test_generate_seeds_give_different_samples(trained):
+    out, _ = trained
+    texts = {zeta_hf("generate", "--model", str(out), "--prompt", "The ", "--max-new-tokens", "24", "--seed", seed,
+                     "--temperature", "1.5").stdout for seed in ("3", "4", "5")}
+    assert len(texts) > 1, "--seed does not reach the sampler"
+
+
 def test_existing_output_folder_is_not_overwritten_without_flag(trained, tmp_path):
     out, _ = trained
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -191,6 +229,13 @@ def test_convert_wraps_the_checkpoint_converter(tmp_path):
     zeta_hf("convert", "--checkpoint", str(tmp_path / "model.pt"), "--kwargs", str(tmp_path / "kwargs.json"),
             "--output-dir", str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "config.json").read_text())["hidden_size"] == 32
+    from transformers import AutoModelForCausalLM
+
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    x = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = zeta.eval()(x), converted(x, use_cache=False).logits
+    assert expected.abs().max() > 0.05 and (got - expected).abs().max() <= 1e-5, "converted logits differ"
     proc = zeta_hf("convert", "--checkpoint", str(tmp_path / "missing.pt"), "--kwargs", str(tmp_path / "kwargs.json"),
                    "--output-dir", str(tmp_path / "out2"), check=False)
     assert_one_line_error(proc, "missing.pt")
