@@ -17,7 +17,6 @@ models are small enough to sit partly in cache at `small`, in which case measure
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SIZES, build, num_threads  # noqa: E402  (sibling script, not a package)
+from bench import SIZES, build, make_parser, num_threads  # noqa: E402  (sibling script, not a package)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHED_DECODE = ("decode", "decode_static", "decode_compiled")
@@ -86,15 +85,12 @@ def compare(bench_json: Path, bounds: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default=None, metavar="{small,medium}",
-                        help="bench.py size for the decode bound (default: the --compare file's size, else small)")
+    parser = make_parser(__doc__, size=None, rounds=None, out_default=RESULTS / "bandwidth.json",
+                         out_help="results JSON (default: bench/results/bandwidth.json)")
     parser.add_argument("--compare", type=Path, default=None,
                         help="a bench.py results JSON whose cached-decode tok/s to compare with the bound")
     parser.add_argument("--mb", type=int, default=512, help="size of each test tensor in MB (default: 512)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats, best is reported (default: 5)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bandwidth.json",
-                        help="results JSON (default: bench/results/bandwidth.json)")
     args = parser.parse_args()
 
     size_name = args.size or (json.loads(args.compare.read_text())["size"] if args.compare else "small")

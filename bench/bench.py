@@ -382,16 +382,26 @@ def run_subprocess_cell(model: str, workload: str, size_name: str) -> dict[str, 
                 rss_over_baseline_mb=float("nan"), error=f"process failed (rc {proc.returncode}): {tail[:300]}")
 
 
+def make_parser(doc: str | None, *, size: str | None = "small", rounds: int | None = 3,
+                out_help: str = "results JSON (raw numbers)", out_default: Any = None) -> argparse.ArgumentParser:
+    """The options every bench script shares: `--size` (bench.py's sizes), `--rounds` and `--out`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=SIZES, default=size, metavar="{small,medium}",
+                        help=f"model/workload size from bench.py (default: {size})")
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds,
+                            help=f"interleaved rounds; medians over rounds (default: {rounds})")
+    parser.add_argument("--out", default=out_default, type=type(out_default) if out_default is not None else str,
+                        help=out_help)
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="small", metavar="{small,medium}",
-                        help="model/workload size (default: small)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved cells; medians over rounds")
+    parser = make_parser(__doc__, out_help="raw results JSON (also holds the markdown table)")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS),
                         help="workloads to run (default: all); static/compiled are skipped for x-transformers")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help="models to compare (default: all); ratios need llama")
-    parser.add_argument("--out", default=None, help="raw results JSON (also holds the markdown table)")
     parser.add_argument("--params", action="store_true", help="only print parameter counts and exit")
     parser.add_argument("--report", metavar="JSON", help="print the table of an earlier run's --out file and exit")
     parser.add_argument("--cell", nargs=3, metavar=("MODEL", "WORKLOAD", "SIZE"), help=argparse.SUPPRESS)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SIZES, build, num_threads, zeta_hf_digest  # noqa: E402  (sibling script, not a package)
+from bench import SIZES, build, make_parser, num_threads, zeta_hf_digest  # noqa: E402  (sibling script, not a package)
 
 MODELS = ("llama", "zeta")
 CONTEXTS = (128, 256, 512, 1024, 2048)
@@ -157,16 +157,12 @@ def run_subprocess_cell(model: str, size_name: str, context: int, steps: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="small", metavar="{small,medium}",
-                        help="model size from bench.py (default: small)")
+    parser = make_parser(__doc__, out_help="results JSON (default: bench/results/context_<size>.json); the plot is "
+                         "written next to it with a .png suffix")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: both)")
     parser.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS),
                         help="prompt lengths to prefill (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=32, help="timed decode steps per cell (default: 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over rounds (default: 3)")
-    parser.add_argument("--out", default=None, help="results JSON (default: bench/results/context_<size>.json); "
-                        "the plot is written next to it with a .png suffix")
     parser.add_argument("--cell", nargs=4, metavar=("MODEL", "SIZE", "CONTEXT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:

@@ -28,7 +28,6 @@ reported (the least disturbed run on a shared machine). Not a test: nothing here
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import SIZES, build, num_threads  # noqa: E402
+from bench import SIZES, build, make_parser, num_threads  # noqa: E402
 
 
 def per_token_generate(model: Any, prompt: Any, new: int) -> tuple[float, float]:
@@ -201,11 +200,8 @@ def read_bandwidth() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="small", metavar="{small,medium}")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser = make_parser(__doc__, rounds=7)
     parser.add_argument("--new", type=int, default=64, help="new tokens per measurement (default: 64)")
-    parser.add_argument("--out", default=None, help="JSON file for the raw numbers")
     args = parser.parse_args()
 
     import torch

@@ -26,7 +26,6 @@ Not a test: nothing here asserts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import SIZES, build, gemm_peak_gflops, num_threads, train_loss  # noqa: E402
+from bench import SIZES, build, gemm_peak_gflops, make_parser, num_threads, train_loss  # noqa: E402
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
@@ -51,10 +50,7 @@ def category(op: str) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=SIZES, default="medium", metavar="{small,medium}")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--out", default=None, help="JSON file for the raw numbers")
+    parser = make_parser(__doc__, size="medium", rounds=6)
     parser.add_argument("--compiled", action="store_true",
                         help="also time zeta_hf under torch.compile (same rounds; no operator profile for it)")
     parser.add_argument("--checkpointing", action="store_true",
