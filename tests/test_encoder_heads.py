@@ -23,7 +23,8 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-import zeta_hf  # noqa: F401  (registers the "zeta" model type with the Auto classes)
+import zeta_hf  # (registers the "zeta" model type with the Auto classes)
+from zeta_hf.modeling_zeta import AUTO_CLASSES
 from zeta_hf import (
     ZetaConfig,
     ZetaForCausalLM,
@@ -259,14 +260,22 @@ def test_head_save_pretrained_auto_round_trip(cls, auto, overrides, tmp_path):
     assert torch.equal(got, expected)
 
 
-AUTO_MAP = {
-    "AutoConfig": "configuration_zeta.ZetaConfig",
-    "AutoModel": "modeling_zeta.ZetaModel",
-    "AutoModelForCausalLM": "modeling_zeta.ZetaForCausalLM",
-    "AutoModelForMaskedLM": "modeling_zeta.ZetaForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_zeta.ZetaForSequenceClassification",
-    "AutoModelForTokenClassification": "modeling_zeta.ZetaForTokenClassification",
-}
+# the package's one Auto-class table, as a saved config.json spells it
+AUTO_MAP = {"AutoConfig": "configuration_zeta.ZetaConfig",
+            **{auto: f"modeling_zeta.{cls.__name__}" for auto, cls in AUTO_CLASSES.items()}}
+
+
+def test_the_auto_table_covers_every_model_class_and_registers_it():
+    """Every model class zeta_hf exports is in the table once, and the Auto class of its entry loads it in-process."""
+    import transformers
+
+    exported = {getattr(zeta_hf, name) for name in zeta_hf.__all__}
+    models = {cls for cls in exported if isinstance(cls, type) and issubclass(cls, zeta_hf.ZetaPreTrainedModel)}
+    assert set(AUTO_CLASSES.values()) == models - {zeta_hf.ZetaPreTrainedModel}
+    assert len(set(AUTO_CLASSES.values())) == len(AUTO_CLASSES)
+    config = encoder_config(num_labels=2)
+    for auto, cls in AUTO_CLASSES.items():
+        assert type(getattr(transformers, auto).from_config(config)) is cls, auto
 
 
 @pytest.mark.parametrize("cls, auto, overrides", HEADS)

@@ -1,16 +1,10 @@
 """zeta_hf: Zeta / x-transformers style language models as Hugging Face transformers models."""
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
 from .configuration_zeta import ZetaConfig
 from .modeling_zeta import (
+    AUTO_CLASSES,
     ZetaCausalLMOutput,
     ZetaForCausalLM,
     ZetaForMaskedLM,
@@ -23,19 +17,13 @@ from .modeling_zeta import (
 
 __version__ = "0.1.0"
 
-AutoConfig.register("zeta", ZetaConfig, exist_ok=True)
-AutoModel.register(ZetaConfig, ZetaModel, exist_ok=True)
-AutoModelForCausalLM.register(ZetaConfig, ZetaForCausalLM, exist_ok=True)
-AutoModelForMaskedLM.register(ZetaConfig, ZetaForMaskedLM, exist_ok=True)
-AutoModelForSequenceClassification.register(ZetaConfig, ZetaForSequenceClassification, exist_ok=True)
-AutoModelForTokenClassification.register(ZetaConfig, ZetaForTokenClassification, exist_ok=True)
+transformers.AutoConfig.register("zeta", ZetaConfig, exist_ok=True)
 # Saved folders carry the modeling code, so they load with trust_remote_code=True where zeta_hf is not installed.
 ZetaConfig.register_for_auto_class()
-ZetaModel.register_for_auto_class("AutoModel")
-ZetaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-ZetaForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-ZetaForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-ZetaForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+for _auto_name, _model_class in AUTO_CLASSES.items():
+    getattr(transformers, _auto_name).register(ZetaConfig, _model_class, exist_ok=True)
+    _model_class.register_for_auto_class(_auto_name)
+del _auto_name, _model_class
 
 __all__ = [
     "ZetaConfig",

@@ -108,15 +108,11 @@ class ZetaPreTrainedModel(PreTrainedModel):
         one rename per file into an existing one (it may hold other files: a tokenizer, a card, Trainer checkpoints).
         Weight files move first and a stale weights file is deleted only once the new ones are complete.
         """
-        # transformers only lists the saved class in `auto_map`; list all three so `AutoModel` works remotely too.
+        # transformers only lists the saved class in `auto_map`; list every head so all Auto classes work remotely.
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoConfig": "configuration_zeta.ZetaConfig",
-            "AutoModel": "modeling_zeta.ZetaModel",
-            "AutoModelForCausalLM": "modeling_zeta.ZetaForCausalLM",
-            "AutoModelForMaskedLM": "modeling_zeta.ZetaForMaskedLM",
-            "AutoModelForSequenceClassification": "modeling_zeta.ZetaForSequenceClassification",
-            "AutoModelForTokenClassification": "modeling_zeta.ZetaForTokenClassification",
+            **{auto: f"modeling_zeta.{model_class.__name__}" for auto, model_class in AUTO_CLASSES.items()},
         }
         target = os.path.abspath(os.fspath(save_directory))
         if not is_main_process or os.path.isfile(target) or getattr(self, "_tp_size", None):
@@ -991,10 +987,8 @@ class ZetaForMaskedLM(ZetaEncoderHead):
         return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
 
 
-class ZetaForSequenceClassification(ZetaEncoderHead):
-    """Pooled hidden states (`classifier_pooling`: mean / first / last token or the first memory token) -> labels."""
-
-    output_class = SequenceClassifierOutput
+class ZetaClassifierHead(ZetaEncoderHead):
+    """What the classifiers share: `ZetaModel` -> dropout (`classifier_dropout`) -> `score` over `num_labels`."""
 
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
@@ -1003,6 +997,12 @@ class ZetaForSequenceClassification(ZetaEncoderHead):
         self.dropout = make_dropout(config.classifier_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+
+class ZetaForSequenceClassification(ZetaClassifierHead):
+    """Pooled hidden states (`classifier_pooling`: mean / first / last token or the first memory token) -> labels."""
+
+    output_class = SequenceClassifierOutput
 
     def pool(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
         hidden = outputs.last_hidden_state  # (b, n, d)
@@ -1027,18 +1027,10 @@ class ZetaForSequenceClassification(ZetaEncoderHead):
         return self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
 
 
-class ZetaForTokenClassification(ZetaEncoderHead):
+class ZetaForTokenClassification(ZetaClassifierHead):
     """One label per token (labels -100 are ignored)."""
 
     output_class = TokenClassifierOutput
-
-    def __init__(self, config: ZetaConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = ZetaModel(config)
-        self.dropout = make_dropout(config.classifier_dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
     def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.score(self.dropout(outputs.last_hidden_state))
@@ -1055,6 +1047,16 @@ def _model_kwargs(kwargs: dict) -> dict:
     """The `ZetaModel` inputs among a head's kwargs; the rest (e.g. `num_items_in_batch`) is for the loss."""
     return {key: kwargs.pop(key) for key in _MODEL_KWARGS if key in kwargs}
 
+
+# The one table of which Auto class loads which model: registration (`__init__.py`) and the `auto_map` of saved folders
+# (remote code) are both built from it.
+AUTO_CLASSES: dict[str, type[ZetaPreTrainedModel]] = {
+    "AutoModel": ZetaModel,
+    "AutoModelForCausalLM": ZetaForCausalLM,
+    "AutoModelForMaskedLM": ZetaForMaskedLM,
+    "AutoModelForSequenceClassification": ZetaForSequenceClassification,
+    "AutoModelForTokenClassification": ZetaForTokenClassification,
+}
 
 # Registered Auto classes count as remote code, for which `generate` inspects `forward`'s signature at every step
 # (looking for a legacy `cache_position`); a precomputed signature makes that lookup free.
