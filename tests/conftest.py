@@ -1,13 +1,23 @@
-"""Shared test helpers: tiny configs and a fixed seed. Nothing here downloads."""
+"""Shared test helpers: the one tiny-model factory, the one "child process without zeta_hf" runner, a fixed seed.
+
+Nothing here downloads.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from zeta_hf import ZetaConfig
+from zeta_hf import ZetaConfig, ZetaForCausalLM
 
 # Tiny models are dominated by per-op overhead: extra intra-op threads only add synchronisation (60x slower generate()
 # on a loaded 2-core machine), and pytest-xdist already runs one worker per core.
@@ -22,6 +32,15 @@ def make_tiny_config(**overrides) -> ZetaConfig:
     return ZetaConfig(**{**TINY, **overrides})
 
 
+def make_tiny_model(model_class: type = ZetaForCausalLM, seed: int = 0, config: ZetaConfig | None = None, **overrides):
+    """A model of any zeta_hf class, built from `seed`, in eval mode: from `config`, or a tiny one
+    (`make_tiny_config(**overrides)`)."""
+    if config is not None and overrides:
+        raise TypeError("make_tiny_model takes a config or overrides, not both")
+    torch.manual_seed(seed)
+    return model_class(config if config is not None else make_tiny_config(**overrides)).eval()
+
+
 @pytest.fixture
 def tiny_config():
     """The factory `tiny_config(**overrides) -> ZetaConfig`."""
@@ -34,3 +53,41 @@ def seed() -> int:
     random.seed(0)
     torch.manual_seed(0)
     return 0
+
+
+# Runs first in every child of `run_without_zeta_hf`: proves that zeta_hf cannot be imported there.
+_NO_ZETA_PRELUDE = textwrap.dedent(
+    """
+    import sys
+    try:
+        import zeta_hf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("zeta_hf is importable in the child: the test would not exercise a world without it")
+    sys.modules.pop("zeta_hf", None)
+    """
+)
+
+
+def run_without_zeta_hf(script: str, *args: str, tmp: Path, offline: bool = True, env: dict[str, str] | None = None,
+                        stdin: Any = None, timeout: float = 300) -> dict[str, Any]:
+    """Run `script` (Python source; `sys.argv[1:]` = `args`) in a fresh interpreter where `zeta_hf` cannot be imported
+    (a package of that name that raises ImportError shadows the installed one), with a private HF cache under `tmp`
+    and, by default, no network. The child prints one JSON object as its last stdout line; it is returned."""
+    blocker = tmp / "no_zeta_hf"
+    (blocker / "zeta_hf").mkdir(parents=True, exist_ok=True)
+    (blocker / "zeta_hf" / "__init__.py").write_text('raise ImportError("zeta_hf is deliberately unavailable")\n')
+    workdir = tmp / "child_cwd"
+    workdir.mkdir(exist_ok=True)
+    scrubbed = ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    child_env = {k: v for k, v in os.environ.items() if k not in scrubbed}
+    child_env.update(PYTHONPATH=str(blocker),  # before site-packages, so it shadows the editable install of zeta_hf
+                     HF_HOME=str(tmp / "hf_home"), HF_MODULES_CACHE=str(tmp / "hf_modules"), OMP_NUM_THREADS="1")
+    if offline:
+        child_env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    child_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", _NO_ZETA_PRELUDE + textwrap.dedent(script), *args], cwd=workdir,
+                          env=child_env, stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{proc.stderr[-5000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ from typing import Callable
 
 import pytest
 import torch
+from conftest import make_tiny_config
 
 from zeta_hf import Decoder, Transformer, ZetaConfig, ZetaForCausalLM
 
@@ -13,10 +14,8 @@ VOCAB, MAX_LEN, DIM, DEPTH = 32, 16, 32, 2
 
 
 def tiny_config(**overrides) -> ZetaConfig:
-    kwargs = dict(vocab_size=VOCAB, max_position_embeddings=MAX_LEN, hidden_size=DIM, num_hidden_layers=DEPTH,
-                  num_attention_heads=2, head_dim=16)
-    kwargs.update(overrides)
-    return ZetaConfig(**kwargs)
+    return make_tiny_config(**{**dict(vocab_size=VOCAB, max_position_embeddings=MAX_LEN, hidden_size=DIM,
+                                      num_hidden_layers=DEPTH, num_attention_heads=2, head_dim=16), **overrides})
 
 
 MODELS: dict[str, Callable[[], ZetaForCausalLM]] = {

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from conftest import make_tiny_model
 from transformers import AutoModelForCausalLM, ByT5Tokenizer, TextIteratorStreamer, TextStreamer, pipeline
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
@@ -22,10 +23,8 @@ PROMPT = "The with statement"
 
 def tiny_lm(seed: int = 0, **overrides) -> ZetaForCausalLM:
     """A 4-layer (2 attention + 2 feedforward), width-32 byte-level model with generation defaults for tests."""
-    torch.manual_seed(seed)
-    cfg = ZetaConfig(**{**dict(vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
-                               num_attention_heads=4, head_dim=8, position_embedding="rotary"), **overrides})
-    model = ZetaForCausalLM(cfg).eval()
+    model = make_tiny_model(seed=seed, **{**dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, head_dim=8,
+                                                 position_embedding="rotary"), **overrides})
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = 1, 0, None
     # Printable ASCII only: an untrained model otherwise emits bytes that are not valid UTF-8 on their own, which

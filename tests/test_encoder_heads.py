@@ -8,15 +8,11 @@ encoder padding.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config
+from conftest import make_tiny_config, make_tiny_model, run_without_zeta_hf
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
@@ -43,8 +39,7 @@ def encoder_config(**overrides) -> ZetaConfig:
 
 
 def build(cls, config: ZetaConfig, seed: int = 0):
-    torch.manual_seed(seed)
-    return cls(config).eval()
+    return make_tiny_model(cls, seed, config=config)
 
 
 def ids(batch: int = BATCH, length: int = SEQ, seed: int = 1, vocab: int = 64) -> torch.Tensor:
@@ -288,29 +283,20 @@ def test_saved_head_lists_every_class_in_auto_map(cls, auto, overrides, tmp_path
         assert (tmp_path / f"{module}.py").exists(), f"{module}.py was not copied next to the weights"
 
 
-REMOTE_CHILD = textwrap.dedent(
-    """
-    import json, sys
-    try:
-        import zeta_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("zeta_hf is importable in the child: the test would not exercise remote code")
-    sys.modules.pop("zeta_hf", None)
-    import torch
-    import transformers
+REMOTE_CHILD = """
+import json, sys
+import torch
+import transformers
 
-    results = {}
-    for name, folder in json.loads(sys.argv[1]).items():
-        model = getattr(transformers, name).from_pretrained(folder, trust_remote_code=True).eval()
-        x, mask = torch.tensor(json.loads(sys.argv[2])), torch.tensor(json.loads(sys.argv[3]))
-        with torch.no_grad():
-            results[name] = {"class": type(model).__module__ + "." + type(model).__name__,
-                             "logits": model(x, attention_mask=mask).logits.tolist()}
-    print(json.dumps(results))
-    """
-)
+results = {}
+for name, folder in json.loads(sys.argv[1]).items():
+    model = getattr(transformers, name).from_pretrained(folder, trust_remote_code=True).eval()
+    x, mask = torch.tensor(json.loads(sys.argv[2])), torch.tensor(json.loads(sys.argv[3]))
+    with torch.no_grad():
+        results[name] = {"class": type(model).__module__ + "." + type(model).__name__,
+                         "logits": model(x, attention_mask=mask).logits.tolist()}
+print(json.dumps(results))
+"""
 
 
 def test_heads_load_as_remote_code_without_zeta_hf(tmp_path):
@@ -324,20 +310,8 @@ def test_heads_load_as_remote_code_without_zeta_hf(tmp_path):
         model.save_pretrained(folders[auto.__name__])
         with torch.no_grad():
             expected[auto.__name__] = (cls.__name__, model(x, attention_mask=mask).logits)
-    blocker = tmp_path / "blocker" / "zeta_hf"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text('raise ImportError("zeta_hf is deliberately unavailable")\n')
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
-    env.update(PYTHONPATH=str(blocker.parent), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", REMOTE_CHILD, json.dumps(folders), json.dumps(x.tolist()), json.dumps(mask.tolist())],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_without_zeta_hf(REMOTE_CHILD, json.dumps(folders), json.dumps(x.tolist()), json.dumps(mask.tolist()),
+                                  tmp=tmp_path)
     for auto_name, (class_name, logits) in expected.items():
         got = results[auto_name]
         assert got["class"].startswith("transformers_modules.") and got["class"].endswith(class_name), got["class"]

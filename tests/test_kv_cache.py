@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model
 from transformers.cache_utils import DynamicLayer
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
@@ -79,11 +80,8 @@ def test_growing_layer_after_generic_cache_edits(edit):
 
 
 def tiny(**overrides) -> ZetaForCausalLM:
-    torch.manual_seed(0)
-    config = ZetaConfig(**{**dict(vocab_size=64, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, head_dim=16, position_embedding="rotary", norm="rmsnorm"),
-                           **overrides})
-    return ZetaForCausalLM(config).eval()
+    return make_tiny_model(**{**dict(hidden_size=32, num_attention_heads=2, head_dim=16, position_embedding="rotary",
+                                     norm="rmsnorm"), **overrides})
 
 
 def test_default_generate_uses_growing_layers_and_long_decode_stays_exact():

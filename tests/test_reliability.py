@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_config, make_tiny_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -27,14 +28,15 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", 
 ENV.pop("ZETA_HF_DEBUG", None)
 
 
+SIZE = dict(vocab_size=VOCAB, max_position_embeddings=MAX_LEN, hidden_size=DIM, num_attention_heads=2, head_dim=16)
+
+
 def tiny_config(**overrides) -> ZetaConfig:
-    return ZetaConfig(**{**dict(vocab_size=VOCAB, max_position_embeddings=MAX_LEN, hidden_size=DIM,
-                                num_hidden_layers=2, num_attention_heads=2, head_dim=16), **overrides})
+    return make_tiny_config(**{**SIZE, **overrides})
 
 
 def tiny_model(seed: int = 0, **overrides) -> ZetaForCausalLM:
-    torch.manual_seed(seed)
-    return ZetaForCausalLM(tiny_config(**overrides)).eval()
+    return make_tiny_model(seed=seed, **{**SIZE, **overrides})
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_model, run_without_zeta_hf
 
-from zeta_hf import ZetaConfig, ZetaForCausalLM
+from zeta_hf import ZetaForCausalLM
 
 CODE_FILES = ("configuration_zeta.py", "modeling_zeta.py", "positional_zeta.py")
 
@@ -26,70 +22,37 @@ VARIANTS = {
                     macaron=True),
 }
 
-# Runs in the child: `zeta_hf` is shadowed by a package that refuses to import, the repo is not on sys.path.
-CHILD = textwrap.dedent(
-    """
-    import json, sys
-    try:
-        import zeta_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("zeta_hf is importable in the child: the test would not exercise remote code")
-    sys.modules.pop("zeta_hf", None)
+# Runs in a child where zeta_hf cannot be imported (conftest's `run_without_zeta_hf`).
+CHILD = """
+import json, sys
+import torch
+torch.set_num_threads(1)  # as the parent (conftest): same reduction order, so 1e-6 holds
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    import torch
-    torch.set_num_threads(1)  # as the parent (conftest): same reduction order, so 1e-6 holds
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+folder, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = lm(ids).logits
+    hidden = base(ids).last_hidden_state
+generated = lm.generate(ids[:1, :4], max_new_tokens=5, do_sample=False)
+print(json.dumps({
+    "config_class": type(config).__module__ + "." + type(config).__name__,
+    "lm_class": type(lm).__module__ + "." + type(lm).__name__,
+    "base_class": type(base).__module__ + "." + type(base).__name__,
+    "zeta_hf_loaded": any(name == "zeta_hf" or name.startswith("zeta_hf.") for name in sys.modules),
+    "logits": logits.tolist(),
+    "hidden": hidden.tolist(),
+    "generated": generated.tolist(),
+}))
+"""
 
-    folder, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    lm = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    with torch.no_grad():
-        logits = lm(ids).logits
-        hidden = base(ids).last_hidden_state
-    generated = lm.generate(ids[:1, :4], max_new_tokens=5, do_sample=False)
-    print(json.dumps({
-        "config_class": type(config).__module__ + "." + type(config).__name__,
-        "lm_class": type(lm).__module__ + "." + type(lm).__name__,
-        "base_class": type(base).__module__ + "." + type(base).__name__,
-        "zeta_hf_loaded": any(name == "zeta_hf" or name.startswith("zeta_hf.") for name in sys.modules),
-        "logits": logits.tolist(),
-        "hidden": hidden.tolist(),
-        "generated": generated.tolist(),
-    }))
-    """
-)
+SIZE = dict(vocab_size=48, max_position_embeddings=32, hidden_size=32, num_attention_heads=4, head_dim=8)
 
 
 def tiny_model(**overrides) -> ZetaForCausalLM:
-    torch.manual_seed(0)
-    cfg = ZetaConfig(vocab_size=48, max_position_embeddings=32, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=4, head_dim=8, **overrides)
-    return ZetaForCausalLM(cfg).eval()
-
-
-def run_child(folder: Path, ids: torch.Tensor, tmp: Path) -> dict:
-    blocker = tmp / "blocker"
-    (blocker / "zeta_hf").mkdir(parents=True)
-    (blocker / "zeta_hf" / "__init__.py").write_text('raise ImportError("zeta_hf is deliberately unavailable")\n')
-    workdir = tmp / "cwd"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HOME", "HF_MODULES_CACHE")}
-    env.update(
-        PYTHONPATH=str(blocker),  # before site-packages, so it shadows the editable install of zeta_hf
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HOME=str(tmp / "hf_home"),
-        HF_MODULES_CACHE=str(tmp / "hf_modules"),
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder), json.dumps(ids.tolist())],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return make_tiny_model(**{**SIZE, **overrides})
 
 
 @pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
@@ -99,7 +62,7 @@ def test_remote_code_loads_in_fresh_process_without_zeta_hf(overrides, tmp_path)
     model.save_pretrained(folder)
     ids = torch.randint(0, 48, (2, 7), generator=torch.Generator().manual_seed(0))
 
-    result = run_child(folder, ids, tmp_path)
+    result = run_without_zeta_hf(CHILD, str(folder), json.dumps(ids.tolist()), tmp=tmp_path)
 
     assert result["zeta_hf_loaded"] is False
     for key in ("config_class", "lm_class", "base_class"):

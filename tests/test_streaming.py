@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model
 
 import zeta_hf
-from zeta_hf import ZetaConfig, ZetaForCausalLM, ZetaModel
+from zeta_hf import ZetaForCausalLM, ZetaModel
 from zeta_hf.streaming import generate_with_memory, stream_with_memory
 
 L, MEM = 8, 6  # segment length (= max_seq_len) and max_mem_len of every tiny model here
@@ -24,8 +25,7 @@ VARIANTS = {
 
 
 def build(seed: int = 0, **overrides) -> ZetaForCausalLM:
-    torch.manual_seed(seed)
-    return ZetaForCausalLM(ZetaConfig(**{**TINY_XL, **overrides})).eval()
+    return make_tiny_model(seed=seed, **{**TINY_XL, **overrides})
 
 
 def prompt(n: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
