@@ -45,6 +45,7 @@ from .layers_zeta import (
     ZetaResidual,
     ZetaRMSNorm,
     ZetaScaleNorm,
+    ZetaUnitOffsetLayerNorm,
     eager_attention_forward,
     make_dropout,
     make_norm,
@@ -204,9 +205,10 @@ class ZetaPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             if role == "zeros":
                 init.zeros_(module.weight)
-            elif role == "open_gate":  # gates start fully open
+            elif role == "open_gate":  # gates start fully open (a bias-less 2.x gate starts half open)
                 init.zeros_(module.weight)
-                init.ones_(module.bias)
+                if module.bias is not None:
+                    init.ones_(module.bias)
                 return
             elif isinstance(role, float):  # DeepNet: xavier-normal with a gain
                 init.xavier_normal_(module.weight, gain=role)
@@ -224,12 +226,15 @@ class ZetaPreTrainedModel(PreTrainedModel):
             else:
                 init.normal_(module.weight, std=1e-5 if role == "small_normal" else 1.0)
         elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+            if module.weight is not None:  # unit-offset gains (x-transformers 2.x) start at 0
+                (init.zeros_ if isinstance(module, ZetaUnitOffsetLayerNorm) else init.ones_)(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (ZetaRMSNorm,)):
-            init.ones_(module.weight)
+            (init.zeros_ if module.unit_offset else init.ones_)(module.weight)
         elif isinstance(module, ZetaScaleNorm):
-            init.constant_(module.weight, self.config.hidden_size**-0.5)
+            cfg = self.config
+            init.constant_(module.weight, module.initial_gain(cfg.hidden_size, cfg.norm_unit_offset, cfg.scalenorm_dim_scale))
         elif isinstance(module, ScaledSinusoidalEmbedding):
             init.constant_(module.scale, self.config.input_dim**-0.5)
             init.copy_(module.inv_freq, module.compute_inv_freq(self.config.input_dim, module.theta))
@@ -340,7 +345,7 @@ class ZetaModel(ZetaPreTrainedModel):
         self.embed_positions = abs_cls(config) if abs_cls is not None else None
         if config.l2norm_embed and hasattr(self.embed_positions, "emb"):
             self.embed_positions.emb.zeta_init = "small_normal"
-        self.post_emb_norm = nn.LayerNorm(config.input_dim) if config.post_emb_norm else nn.Identity()
+        self.post_emb_norm = nn.LayerNorm(config.input_dim, bias=config.norm_bias) if config.post_emb_norm else nn.Identity()
         self.embedding_dropout = make_dropout(config.embedding_dropout)
         self.project_emb = (
             nn.Linear(config.input_dim, config.hidden_size) if config.input_dim != config.hidden_size else nn.Identity()
@@ -579,6 +584,12 @@ class ZetaModel(ZetaPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
         self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
+        if not cfg.xl_memory and (mems is not None or output_mems):
+            raise ValueError(
+                f"This model (converted from {cfg.converted_from or 'a source with other memory semantics'}) has "
+                "`xl_memory=False`: Transformer-XL `mems` / `output_mems` would not reproduce the original's "
+                "recurrence, so they are refused."
+            )
         if use_cache and not self.supports_cache:
             raise ValueError(
                 "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
@@ -832,7 +843,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ZetaModel(config)
         # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.lm_head = nn.Linear(config.hidden_size, config.output_dim,
+                                 bias=config.lm_head_bias and not config.tie_word_embeddings)
         self.post_init()
         if not config.supports_cache:
             self.generation_config.use_cache = False
@@ -928,6 +940,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
+        if self.config.tie_embedding_scale != 1.0:  # x-transformers 2.x scales tied logits by dim ** -0.5
+            logits = logits * self.config.tie_embedding_scale
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
@@ -975,7 +989,8 @@ class ZetaForMaskedLM(ZetaEncoderHead):
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
         self.model = ZetaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.lm_head = nn.Linear(config.hidden_size, config.output_dim,
+                                 bias=config.lm_head_bias and not config.tie_word_embeddings)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module | None:
@@ -985,7 +1000,8 @@ class ZetaForMaskedLM(ZetaEncoderHead):
         self.lm_head = new_embeddings
 
     def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.lm_head(outputs.last_hidden_state)
+        logits = self.lm_head(outputs.last_hidden_state)
+        return logits * self.config.tie_embedding_scale if self.config.tie_embedding_scale != 1.0 else logits
 
     def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
