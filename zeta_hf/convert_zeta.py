@@ -287,6 +287,7 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
         gate_values_bias=False,
         lm_head_bias=False,
         xl_memory=False,
+        talking_heads_residual=bool(pre_th),
         sparse_topk_mode="top_k",
     )
     if kw.get("tie_embedding"):
@@ -307,9 +308,9 @@ def _interleaved_to_half(rot_dim: int, head_dim: int) -> torch.Tensor:
 def xtransformers2_to_zeta_layout(state: dict[str, torch.Tensor], config: ZetaConfig) -> dict[str, torch.Tensor]:
     """Rewrite a 2.x state dict into the Zeta 1.19 layout `convert_state_dict` reads.
 
-    Renames `gamma` (2.x's bias-less LayerNorm) to `weight`; folds the residual of 2.x's pre-softmax talking heads
-    (`sim + conv(sim)`) into the mixing matrix; and reorders query / key features so that 2.x's interleaved rotary
-    pairs become zeta_hf's rotate-half pairs (the same dot products, so the same attention).
+    Renames `gamma` (2.x's bias-less LayerNorm) to `weight`, and reorders query / key features so that 2.x's
+    interleaved rotary pairs become zeta_hf's rotate-half pairs: the same dot products, so the same attention, and
+    the same model under further training (a permutation of parameters).
     """
     rot = None
     if config.position_embedding == "rotary":
@@ -318,8 +319,6 @@ def xtransformers2_to_zeta_layout(state: dict[str, torch.Tensor], config: ZetaCo
     for key, tensor in state.items():
         if key.endswith(".gamma"):
             key = key.removesuffix(".gamma") + ".weight"
-        if key.endswith("attend.pre_softmax_talking_heads.weight"):
-            tensor = tensor + torch.eye(tensor.shape[0], dtype=tensor.dtype)[:, :, None, None]
         if rot is not None and re.search(r"\.(to_q|to_k)\.weight$", key):
             d = config.head_dim
             tensor = tensor.view(-1, d, tensor.shape[-1])[:, rot].reshape_as(tensor)  # (heads * d, dim) rows by head

@@ -195,7 +195,8 @@ def attention_scores(
     min_value = torch.finfo(scores.dtype).min
     if prev_scores is not None:
         scores = scores + prev_scores
-    scores = module.pre_softmax_talking_heads(scores)
+    mixed = module.pre_softmax_talking_heads(scores)
+    scores = scores + mixed if module.talking_heads_residual else mixed  # x-transformers 2.x adds the mix
     if prev_scores is not None or not isinstance(module.pre_softmax_talking_heads, nn.Identity):
         # Masked scores (finfo.min) carried over by residual attention, then mixed by talking heads, can overflow to
         # +-inf, and inf - inf is NaN, which Zeta propagates into every later layer. Here they stay masked; every
@@ -258,6 +259,7 @@ class ZetaAttention(nn.Module):
         self.sparse_topk, self.sparse_topk_mode = config.sparse_topk, config.sparse_topk_mode
         self.add_zero_kv = config.add_zero_kv
         self.needs_scores = config.needs_attention_scores  # talking heads, sparse top-k, residual attention
+        self.talking_heads_residual = config.talking_heads_residual
 
         self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
