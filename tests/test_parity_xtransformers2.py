@@ -53,6 +53,10 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     "alibi-abs": ({}, dict(alibi_pos_bias=True), BOTH),
     "alibi-heads2": (dict(use_abs_pos_emb=False), dict(alibi_pos_bias=True, alibi_num_heads=2), BOTH),
     "t5": ({}, dict(rel_pos_bias=True, rel_pos_num_buckets=8, rel_pos_max_distance=16), BOTH),
+    "dynamic": ({}, dict(dynamic_pos_bias=True), BOTH),
+    "dynamic-log-depth3-mem3": (dict(num_memory_tokens=3, use_abs_pos_emb=False),
+                                dict(dynamic_pos_bias=True, dynamic_pos_bias_log_distance=True,
+                                     dynamic_pos_bias_mlp_depth=3), BOTH),
     # norms (2.x: bias-less LayerNorm, gains stored as offsets from 1 unless norm_add_unit_offset=False)
     "layernorm-no-offset": ({}, dict(norm_add_unit_offset=False), BOTH),
     "rmsnorm": ({}, dict(use_rmsnorm=True), BOTH),
@@ -86,6 +90,10 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     "zero-kv": ({}, dict(attn_add_zero_kv=True), BOTH),
     "value-dim8": ({}, dict(attn_value_dim_head=8), BOTH),
     "flash": ({}, dict(attn_flash=True), BOTH),
+    "max-attend-past3": ({}, dict(attn_max_attend_past=3), BOTH),
+    "max-attend-past2-rotary-mem3": (dict(num_memory_tokens=3), dict(attn_max_attend_past=2, rotary_pos_emb=True), BOTH),
+    "sparse-topk4": ({}, dict(attn_sparse_topk=4), BOTH),
+    "sparse-topk3-alibi": (dict(use_abs_pos_emb=False), dict(attn_sparse_topk=3, alibi_pos_bias=True), BOTH),
     # feedforward
     "geglu": ({}, dict(ff_glu=True), BOTH),
     "swiglu": ({}, dict(ff_glu=True, ff_swish=True), BOTH),
@@ -100,6 +108,14 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     "resattn-alibi-macaron": (dict(use_abs_pos_emb=False), dict(residual_attn=True, alibi_pos_bias=True, macaron=True),
                               BOTH),
     "scale-residual": ({}, dict(scale_residual=True), BOTH),
+    "scale-residual-const0.7": ({}, dict(scale_residual=True, scale_residual_constant=0.7), BOTH),
+    "gru": ({}, dict(gate_residual=True), BOTH),
+    "shift1": ({}, dict(shift_tokens=1), BOTH),
+    "shift2-macaron-mem3": (dict(num_memory_tokens=3), dict(shift_tokens=2, macaron=True), BOTH),
+    # layouts
+    "custom-layers-aaff": ({}, dict(custom_layers=("a", "a", "f", "f")), BOTH),
+    "par-ratio2-depth4": ({}, dict(depth=4, par_ratio=2), BOTH),
+    "sandwich-coef1-depth3": ({}, dict(depth=3, sandwich_coef=1), BOTH),
     # embeddings and head
     "embdim16": (dict(emb_dim=16), {}, BOTH),
     "embdim16-sinu": (dict(emb_dim=16, scaled_sinu_pos_emb=True), {}, BOTH),
@@ -396,19 +412,22 @@ def _xt2(layer_extra: dict | None = None, **transformer_extra) -> dict:
 REFUSED = {
     # option -> (kwargs, what the error names)
     "qk-norm-dim-scale": (_xt2(dict(attn_qk_norm=True, attn_qk_norm_dim_scale=True)), "attn_qk_norm_dim_scale"),
-    "sparse-topk": (_xt2(dict(attn_sparse_topk=4)), "attn_sparse_topk"),
+    "sparse-topk-straight-through": (_xt2(dict(attn_sparse_topk=4, attn_sparse_topk_straight_through=True)),
+                                     "attn_sparse_topk_straight_through"),
     "layerscale": (_xt2(dict(use_layerscale=True)), "use_layerscale"),
     "hyper-connections": (_xt2(dict(num_residual_streams=4)), "num_residual_streams"),
     "value-residual": (_xt2(dict(add_value_residual=True)), "add_value_residual"),
     "dynamic-tanh": (_xt2(dict(use_dynamic_tanh=True)), "use_dynamic_tanh"),
-    "dynamic-pos-bias": (_xt2(dict(dynamic_pos_bias=True)), "dynamic_pos_bias"),
-    "shift-tokens": (_xt2(dict(shift_tokens=1)), "shift_tokens"),
-    "gate-residual": (_xt2(dict(gate_residual=True)), "gate_residual"),
+    "dynamic-pos-bias-norm": (_xt2(dict(dynamic_pos_bias=True, dynamic_pos_bias_norm=True)), "dynamic_pos_bias_norm"),
+    "shift-tokens-per-layer": (_xt2(dict(shift_tokens=[1, 0, 1, 0])), "shift_tokens=\\[1, 0, 1, 0\\]"),
+    "gate-value-heads": (_xt2(dict(attn_gate_value_heads=True)), "attn_gate_value_heads"),
+    "sublayer-dropout": (_xt2(dict(attn_sublayer_dropout=0.1)), "attn_sublayer_dropout"),
+    "value-rmsnorm": (_xt2(dict(attn_value_rmsnorm=True)), "attn_value_rmsnorm"),
+    "qk-rmsnorm": (_xt2(dict(attn_qk_rmsnorm=True)), "attn_qk_rmsnorm"),
     "cross-attend": (_xt2(dict(cross_attend=True)), "cross_attend"),
-    "custom-layers": (_xt2(dict(custom_layers=["a", "f"])), "custom_layers"),
     "softclamp-logits": (_xt2(dict(attn_softclamp_logits=True)), "attn_softclamp_logits"),
     "glu-mult-bias": (_xt2(dict(ff_glu=True, ff_glu_mult_bias=True)), "ff_glu_mult_bias"),
-    "max-attend-past": (_xt2(dict(attn_max_attend_past=4)), "attn_max_attend_past"),
+    "polar": (_xt2(dict(polar_pos_emb=True)), "polar_pos_emb"),
     "typo": (_xt2(dict(attn_qk_nrom=True)), "attn_qk_nrom"),
     "mixture-of-softmax": (_xt2(mixture_of_softmax=True), "mixture_of_softmax"),
     "cls-token": (_xt2(use_cls_token=True), "use_cls_token"),
@@ -424,6 +443,8 @@ REFUSED = {
                               "attn_qk_norm_groups=2"),
     "mem-kv-alibi": (_xt2(dict(attn_num_mem_kv=2, alibi_pos_bias=True), use_abs_pos_emb=False), "attn_num_mem_kv=2"),
     "mem-kv-t5": (_xt2(dict(attn_num_mem_kv=2, rel_pos_bias=True)), "attn_num_mem_kv=2"),
+    "mem-kv-dynamic": (_xt2(dict(attn_num_mem_kv=2, dynamic_pos_bias=True)), "attn_num_mem_kv=2"),
+    "mem-kv-max-attend-past": (_xt2(dict(attn_num_mem_kv=2, attn_max_attend_past=3)), "attn_num_mem_kv=2"),
     "abs-with-rotary": (_xt2(dict(disable_abs_pos_emb=False, rotary_pos_emb=True)), "disable_abs_pos_emb=False"),
     "cross-attender": ({**BASE_TRANSFORMER, "attn_layers": {"type": "CrossAttender", **BASE_LAYERS}}, "CrossAttender"),
 }
@@ -438,9 +459,9 @@ def test_refused_option_is_named(option):
 
 def test_refusal_lists_supported_options():
     with pytest.raises(ValueError) as err:
-        config_from_xtransformers2_kwargs(_xt2(dict(use_layerscale=True, attn_sparse_topk=2)))
+        config_from_xtransformers2_kwargs(_xt2(dict(use_layerscale=True, attn_laser=True)))
     message = str(err.value)
-    assert "['attn_sparse_topk', 'use_layerscale']" in message
+    assert "['attn_laser', 'use_layerscale']" in message
     for supported in ("rotary_pos_emb", "attn_kv_heads", "norm_add_unit_offset", "attn_pre_talking_heads"):
         assert supported in message
 

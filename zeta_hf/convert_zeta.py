@@ -170,7 +170,9 @@ _XT2_SAME_LAYER_OPTIONS = {
     "attn_qk_norm_groups", "attn_qk_norm_scale", "attn_num_mem_kv", "attn_head_scale", "attn_gate_values",
     "attn_on_attn", "attn_add_zero_kv", "attn_value_dim_head", "attn_flash", "attn_onnxable", "attn_zero_init_output",
     "ff_mult", "ff_glu", "ff_swish", "ff_relu_squared", "ff_no_bias", "ff_post_act_ln", "ff_dropout",
-    "ff_zero_init_output",
+    "ff_zero_init_output", "dynamic_pos_bias", "dynamic_pos_bias_log_distance", "dynamic_pos_bias_mlp_depth",
+    "shift_tokens", "gate_residual", "custom_layers", "par_ratio", "sandwich_coef", "attn_max_attend_past",
+    "attn_sparse_topk",
 }
 # 2.x options translated here (2.x-only names, or values that need checking).
 _XT2_OWN_LAYER_OPTIONS = {
@@ -258,12 +260,24 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
             f"x-transformers 2.x option `attn_qk_norm_groups={groups}` cannot be converted together with rotary "
             "positions or `attn_num_mem_kv`: only `attn_qk_norm_groups=1` is supported there."
         )
-    biases = [name for name in ("alibi_pos_bias", "rel_pos_bias") if layer_kw.get(name)]
+    biases = [name for name in ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias") if layer_kw.get(name)]
     if layer_kw.get("attn_num_mem_kv", 0) and biases:
         # 2.x gives its memory key / values no position bias; zeta_hf places them on the key axis (as 1.19 does)
         raise ValueError(
             f"x-transformers 2.x option `attn_num_mem_kv={layer_kw['attn_num_mem_kv']}` cannot be converted together "
             f"with `{biases[0]}=True`: memory key / values are supported with rotary, absolute or no positions."
+        )
+    if layer_kw.get("attn_num_mem_kv", 0) and layer_kw.get("attn_max_attend_past") is not None:
+        # 2.x keeps memory key / values visible to every query; zeta_hf windows them by their key-axis position
+        raise ValueError(
+            f"x-transformers 2.x option `attn_num_mem_kv={layer_kw['attn_num_mem_kv']}` cannot be converted together "
+            "with `attn_max_attend_past`: use one or the other."
+        )
+    shifts = layer_kw.get("shift_tokens", 0)
+    if isinstance(shifts, (list, tuple)):
+        raise ValueError(
+            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every layer "
+            "is supported (2.x reads a list as one shift per layer only when it is a tuple)."
         )
     disable_abs = layer_kw.get("disable_abs_pos_emb")
     if disable_abs is False and (rotary or layer_kw.get("rel_pos_bias")):
