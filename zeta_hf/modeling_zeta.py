@@ -834,6 +834,29 @@ class ZetaModel(ZetaPreTrainedModel):
         return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
+class ZetaScaledLMHead(nn.Linear):
+    """A logits head that multiplies its output by a constant: x-transformers 2.x scales tied logits by `dim ** -0.5`.
+
+    The scale lives in the head, so `lm_head(hidden)` is the logits as everywhere else; the head stays an `nn.Linear`
+    whose weight ties to the token embedding.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, scale: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+def make_lm_head(config: ZetaConfig) -> nn.Linear:
+    """Zeta's `to_logits`: a bias unless tied (x-transformers 2.x: never), scaled when `tie_embedding_scale` says so."""
+    bias = config.lm_head_bias and not config.tie_word_embeddings
+    if config.tie_embedding_scale != 1.0:
+        return ZetaScaledLMHead(config.hidden_size, config.output_dim, bias, config.tie_embedding_scale)
+    return nn.Linear(config.hidden_size, config.output_dim, bias=bias)
+
+
 class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
     """Zeta Transformer with its logits head (`to_logits`), for `generate()`, `Trainer` and `pipeline`."""
 
@@ -843,8 +866,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ZetaModel(config)
         # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim,
-                                 bias=config.lm_head_bias and not config.tie_word_embeddings)
+        self.lm_head = make_lm_head(config)
         self.post_init()
         if not config.supports_cache:
             self.generation_config.use_cache = False
@@ -940,8 +962,6 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
-        if self.config.tie_embedding_scale != 1.0:  # x-transformers 2.x scales tied logits by dim ** -0.5
-            logits = logits * self.config.tie_embedding_scale
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
@@ -989,8 +1009,7 @@ class ZetaForMaskedLM(ZetaEncoderHead):
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
         self.model = ZetaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim,
-                                 bias=config.lm_head_bias and not config.tie_word_embeddings)
+        self.lm_head = make_lm_head(config)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module | None:
@@ -1000,8 +1019,7 @@ class ZetaForMaskedLM(ZetaEncoderHead):
         self.lm_head = new_embeddings
 
     def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        logits = self.lm_head(outputs.last_hidden_state)
-        return logits * self.config.tie_embedding_scale if self.config.tie_embedding_scale != 1.0 else logits
+        return self.lm_head(outputs.last_hidden_state)
 
     def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.output_dim, **kwargs)
