@@ -94,7 +94,8 @@ VARIANTS = [
     dict(position_embedding="alibi", norm="scalenorm", norm_unit_offset=True, scalenorm_dim_scale=True,
          norm_placement="sandwich", ff_post_act_ln=True, norm_bias=False, talking_heads=True,
          talking_heads_residual=True, lm_head_bias=False, **MEM),
-    dict(position_embedding="rotary", rotary_xpos=True, norm_unit_offset=True, norm_bias=False, lm_head_bias=False, **XL),
+    dict(position_embedding="rotary", rotary_xpos=True, norm_unit_offset=True, norm_bias=False, lm_head_bias=False,
+         **XL),
 ]
 
 

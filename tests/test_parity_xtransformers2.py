@@ -91,7 +91,9 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     "value-dim8": ({}, dict(attn_value_dim_head=8), BOTH),
     "flash": ({}, dict(attn_flash=True), BOTH),
     "max-attend-past3": ({}, dict(attn_max_attend_past=3), BOTH),
-    "max-attend-past2-rotary-mem3": (dict(num_memory_tokens=3), dict(attn_max_attend_past=2, rotary_pos_emb=True), BOTH),
+    "max-attend-past2-rotary-mem3": (
+        dict(num_memory_tokens=3), dict(attn_max_attend_past=2, rotary_pos_emb=True), BOTH
+    ),
     "sparse-topk4": ({}, dict(attn_sparse_topk=4), BOTH),
     "sparse-topk3-alibi": (dict(use_abs_pos_emb=False), dict(attn_sparse_topk=3, alibi_pos_bias=True), BOTH),
     # feedforward
@@ -213,7 +215,8 @@ CHILD = textwrap.dedent(
         for key, kwargs in request["cases"].items():
             model = build(kwargs, request["seed"])
             results["cases"][key] = {
-                "state": model.state_dict(), "logits": model(ids), "masked_logits": model(ids, mask=mask),
+                "kwargs": kwargs, "state": model.state_dict(), "logits": model(ids),
+                "masked_logits": model(ids, mask=mask),
             }
         gen = request["generate"]
         model = build(gen["kwargs"], request["seed"])
@@ -315,6 +318,7 @@ def test_logits_parity(oracle, name, kind):
     decoder generates the same tokens with and without the KV cache."""
     ref = oracle["cases"][f"{name}-{kind}"]
     kwargs = case_kwargs(name, kind)
+    assert ref["kwargs"] == kwargs  # what 2.x built is what gets converted
     model = convert_zeta_checkpoint(ref["state"], kwargs, source="xtransformers-2", source_version=XT2_VERSION)
     assert model.config.converted_from == f"x-transformers {XT2_VERSION}"
     ids, mask = tokens(), padding_mask()
@@ -392,6 +396,31 @@ def test_auto_detects_2x_checkpoint_and_explicit_source_wins(oracle):
     assert model.config.converted_from == "x-transformers 2.x"
     with pytest.raises(ValueError, match="gamma"):  # told it is a 1.19 checkpoint: no guessing, the keys do not fit
         convert_zeta_checkpoint(ref["state"], kwargs, source="xtransformers-1")
+
+
+def test_cli_auto_detects_2x_and_refuses_by_name(oracle, tmp_path, capsys):
+    """`zeta-hf convert` without `--source` recognises a 2.x checkpoint file; a refused option exits non-zero naming
+    the option, and writes nothing."""
+    from zeta_hf.cli import main
+
+    ref = oracle["cases"][f"sandwich-{ENCODER}"]
+    torch.save(ref["state"], tmp_path / "model.pt")
+    (tmp_path / "kwargs.json").write_text(json.dumps(case_kwargs("sandwich", ENCODER)))
+    argv = ["convert", "--checkpoint", str(tmp_path / "model.pt"), "--kwargs", str(tmp_path / "kwargs.json")]
+    main([*argv, "--output-dir", str(tmp_path / "auto")])
+    model = zeta_hf.ZetaForCausalLM.from_pretrained(tmp_path / "auto").eval()
+    assert model.config.converted_from == "x-transformers 2.x"
+    with torch.no_grad():
+        assert_close(model(tokens(), use_cache=False).logits, ref["logits"], "auto-detected CLI logits")
+
+    bad = case_kwargs("sandwich", ENCODER)
+    bad["attn_layers"]["attn_qk_norm_dim_scale"] = True
+    (tmp_path / "kwargs.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(tmp_path / "refused")])
+    assert exit_info.value.code == 1
+    assert "attn_qk_norm_dim_scale" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_auto_warns_when_nothing_tells_versions_apart(oracle):

@@ -223,7 +223,9 @@ def _refuse_xt2_options(owner: str, kwargs: dict, supported: list[str]) -> None:
 
 def _xt2_check_value(name: str, value, allowed: str, ok: bool) -> None:
     if not ok:
-        raise ValueError(f"x-transformers 2.x option `{name}={value!r}` cannot be converted: only {allowed} is supported.")
+        raise ValueError(
+            f"x-transformers 2.x option `{name}={value!r}` cannot be converted: only {allowed} is supported."
+        )
 
 
 def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: str | None = None) -> ZetaConfig:
@@ -276,8 +278,8 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
     shifts = layer_kw.get("shift_tokens", 0)
     if isinstance(shifts, (list, tuple)):
         raise ValueError(
-            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every layer "
-            "is supported (2.x reads a list as one shift per layer only when it is a tuple)."
+            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every "
+            "layer is supported (2.x reads a list as one shift per layer only when it is a tuple)."
         )
     disable_abs = layer_kw.get("disable_abs_pos_emb")
     if disable_abs is False and (rotary or layer_kw.get("rel_pos_bias")):
@@ -408,7 +410,8 @@ def convert_zeta_checkpoint(
         default_name = "Zeta (x-transformers 1.19)" if source == "zeta" else "x-transformers 1.19"
         converted_from = f"{default_name.split(' (')[0]} {source_version}" if source_version else default_name
         # Zeta 1.19's sparse top-k drops the k largest scores; a converted checkpoint keeps that behaviour.
-        config = config_from_zeta_kwargs(kwargs, layers, sparse_topk_mode="zeta_inverted", converted_from=converted_from)
+        config = config_from_zeta_kwargs(kwargs, layers, sparse_topk_mode="zeta_inverted",
+                                         converted_from=converted_from)
     model = ZetaForCausalLM(config)
     state = convert_state_dict(zeta_state, config)
     if config.tie_word_embeddings:

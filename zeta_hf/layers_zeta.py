@@ -269,7 +269,9 @@ class ZetaAttention(nn.Module):
         self.o_proj = nn.Linear(h * vd, config.hidden_size * (2 if config.attn_on_attn else 1), bias=False)
         self.out_glu = nn.GLU() if config.attn_on_attn else nn.Identity()
         # AlphaFold2 value gating (x-transformers 2.x: without a bias)
-        self.v_gate = nn.Linear(config.hidden_size, h * vd, bias=config.gate_values_bias) if config.gate_values else None
+        self.v_gate = (
+            nn.Linear(config.hidden_size, h * vd, bias=config.gate_values_bias) if config.gate_values else None
+        )
         self.head_scale = nn.Parameter(torch.ones(h)) if config.head_scale else None  # NormFormer head scaling
         talking = config.talking_heads
         self.pre_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()

@@ -234,7 +234,8 @@ class ZetaPreTrainedModel(PreTrainedModel):
             (init.zeros_ if module.unit_offset else init.ones_)(module.weight)
         elif isinstance(module, ZetaScaleNorm):
             cfg = self.config
-            init.constant_(module.weight, module.initial_gain(cfg.hidden_size, cfg.norm_unit_offset, cfg.scalenorm_dim_scale))
+            gain = module.initial_gain(cfg.hidden_size, cfg.norm_unit_offset, cfg.scalenorm_dim_scale)
+            init.constant_(module.weight, gain)
         elif isinstance(module, ScaledSinusoidalEmbedding):
             init.constant_(module.scale, self.config.input_dim**-0.5)
             init.copy_(module.inv_freq, module.compute_inv_freq(self.config.input_dim, module.theta))
@@ -345,7 +346,10 @@ class ZetaModel(ZetaPreTrainedModel):
         self.embed_positions = abs_cls(config) if abs_cls is not None else None
         if config.l2norm_embed and hasattr(self.embed_positions, "emb"):
             self.embed_positions.emb.zeta_init = "small_normal"
-        self.post_emb_norm = nn.LayerNorm(config.input_dim, bias=config.norm_bias) if config.post_emb_norm else nn.Identity()
+        # (x-transformers 2.x: a bias-less LayerNorm without the unit offset of its layer norms)
+        self.post_emb_norm = (
+            nn.LayerNorm(config.input_dim, bias=config.norm_bias) if config.post_emb_norm else nn.Identity()
+        )
         self.embedding_dropout = make_dropout(config.embedding_dropout)
         self.project_emb = (
             nn.Linear(config.input_dim, config.hidden_size) if config.input_dim != config.hidden_size else nn.Identity()
