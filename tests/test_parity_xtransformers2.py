@@ -157,6 +157,8 @@ OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
 CASES = [(name, kind) for name, (_, _, kinds) in OPTIONS.items() for kind in kinds]
 # the one a user converts with `zeta-hf convert`: a checkpoint file, then greedy generation on both sides
 GENERATE_CASE = "llama-like"
+# more decoders whose greedy generation is compared with 2.x's (in-process conversion)
+GENERATE_MORE = ("palm-like", "xpos-swiglu-mem3-sandwich", "alibi-gqa-scalenorm-tie-postembnorm", "mem3-rotary")
 PROMPT_LEN, NEW_TOKENS = 5, 8
 
 
@@ -225,6 +227,12 @@ CHILD = textwrap.dedent(
         results["generated"] = wrapper.generate(gen["prompt"], gen["new_tokens"], temperature=0.0)
         results["generated_uncached"] = wrapper.generate(gen["prompt"], gen["new_tokens"], temperature=0.0,
                                                          cache_kv=False)
+        results["generated_more"] = {
+            key: AutoregressiveWrapper(build(kwargs, request["seed"])).generate(
+                gen["prompt"], gen["new_tokens"], temperature=0.0
+            )
+            for key, kwargs in gen["more"].items()
+        }
     torch.save(results, sys.argv[2])
     """
 )
@@ -280,7 +288,8 @@ def oracle(tmp_path_factory) -> dict:
                 "mask": padding_mask(),
                 "cases": {f"{name}-{kind}": case_kwargs(name, kind) for name, kind in CASES},
                 "generate": {"kwargs": case_kwargs(GENERATE_CASE, DECODER), "checkpoint": str(tmp / "xt2_model.pt"),
-                             "prompt": prompt, "new_tokens": NEW_TOKENS},
+                             "prompt": prompt, "new_tokens": NEW_TOKENS,
+                             "more": {name: case_kwargs(name, DECODER) for name in GENERATE_MORE}},
             }
             result = run_xt2_child(request, tmp)
     result.update(tmp=tmp, prompt=prompt)
@@ -361,6 +370,16 @@ def test_cli_converted_checkpoint_generates_like_xtransformers(oracle, tmp_path)
     assert generated.tolist() == oracle["generated"].tolist()
     uncached = model.generate(prompt, max_new_tokens=NEW_TOKENS, do_sample=False, use_cache=False)[:, PROMPT_LEN:]
     assert uncached.tolist() == oracle["generated"].tolist()
+
+
+@pytest.mark.parametrize("name", GENERATE_MORE)
+def test_greedy_generation_equals_xtransformers(oracle, name):
+    """Greedy tokens of a converted decoder equal 2.x's `AutoregressiveWrapper.generate(temperature=0.)` (2.x decodes
+    memory-token models without its cache; zeta_hf caches them)."""
+    model = convert_zeta_checkpoint(oracle["cases"][f"{name}-{DECODER}"]["state"], case_kwargs(name, DECODER),
+                                    source="xtransformers-2")
+    generated = model.generate(oracle["prompt"], max_new_tokens=NEW_TOKENS, do_sample=False)[:, PROMPT_LEN:]
+    assert generated.tolist() == oracle["generated_more"][name].tolist()
 
 
 def test_converted_folder_loads_as_remote_code(oracle, tmp_path):
