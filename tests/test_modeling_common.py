@@ -92,6 +92,15 @@ VARIANTS = [
     dict(position_embedding="rotary", norm="rmsnorm", ff_activation="swiglu", num_key_value_heads=2),
     dict(position_embedding="none", absolute_position_embedding="learned", norm_placement="sandwich", qk_norm=True,
          tie_word_embeddings=True),
+    # what an x-transformers 2.x checkpoint converts to (docs/convert.md)
+    dict(position_embedding="rotary", norm="rmsnorm", norm_unit_offset=True, norm_bias=False, ff_activation="swiglu",
+         num_key_value_heads=2, qk_norm=True, gate_values=True, gate_values_bias=False, tie_word_embeddings=True,
+         tie_embedding_scale=0.125, **MEM),
+    dict(position_embedding="alibi", norm="scalenorm", norm_unit_offset=True, scalenorm_dim_scale=True,
+         norm_placement="sandwich", ff_post_act_ln=True, norm_bias=False, talking_heads=True,
+         talking_heads_residual=True, lm_head_bias=False, **MEM),
+    dict(position_embedding="rotary", rotary_xpos=True, norm_unit_offset=True, norm_bias=False, lm_head_bias=False,
+         **XL),
 ]
 
 
@@ -172,6 +181,8 @@ def variant_id(overrides: dict) -> str:
         tags.append(f"mem{o['num_memory_tokens']}")
     if o.get("max_mem_len"):
         tags.append("xl")
+    if o.get("norm_unit_offset") or o.get("norm_bias") is False:
+        tags.append("xt2")
     return "-".join(tags)
 
 
@@ -651,7 +662,7 @@ class ModelCheckMixin:
             assert torch.equal(head[3], emb[3])
         else:
             assert head.data_ptr() != emb.data_ptr(), "untied head shares storage with the embedding"
-            assert model.lm_head.bias is not None
+            assert (model.lm_head.bias is not None) == config.lm_head_bias  # x-transformers 2.x heads have none
 
     # ---- 11. attention maps and hidden states ----
     def test_attentions_and_hidden_states(self, config):

@@ -214,6 +214,19 @@ class ZetaConfig(PreTrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
 
+    # --- x-transformers 2.x ---------------------------------------------------------------------------------
+    # Where x-transformers 2.x computes differently from Zeta / 1.19; the defaults keep Zeta's behaviour, and
+    # `convert_zeta_checkpoint(..., source="xtransformers-2")` sets them so a converted model keeps 2.x's numbers.
+    converted_from: str | None = None  # e.g. "x-transformers 2.31.10": what a converted checkpoint was imported from
+    norm_bias: bool = True  # LayerNorms have a learned bias (2.x's LayerNorm has none)
+    norm_unit_offset: bool = False  # layer norm gains are stored as offsets from 1 (2.x `norm_add_unit_offset`)
+    scalenorm_dim_scale: bool = False  # ScaleNorm multiplies by sqrt(hidden_size) (2.x's ScaleNorm), gain starts at 1
+    talking_heads_residual: bool = False  # pre-softmax talking heads add their mix to the scores (2.x: sim + mix(sim))
+    gate_values_bias: bool = True  # the value gate (`gate_values`) has a bias (2.x's has none)
+    lm_head_bias: bool = True  # an untied logits head has a bias (2.x's `to_logits` has none)
+    tie_embedding_scale: float = 1.0  # tied logits are multiplied by this (2.x: hidden_size ** -0.5)
+    xl_memory: bool = True  # Transformer-XL `mems` are accepted; False where the source's recurrence differs (2.x)
+
     def __post_init__(self, **kwargs):
         # Aliases arrive as extra kwargs; apply them before anything is derived from the stored names.
         for alias, stored in ZETA_ALIASES.items():
@@ -416,6 +429,23 @@ class ZetaConfig(PreTrainedConfig):
                 f"`tie_word_embeddings=True` produces `vocab_size` ({self.vocab_size}) logits, but `logits_dim` is "
                 f"{self.logits_dim}."
             )
+        for name in ("norm_bias", "norm_unit_offset", "scalenorm_dim_scale", "talking_heads_residual",
+                     "gate_values_bias", "lm_head_bias", "xl_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, but got {getattr(self, name)!r}.")
+        if self.converted_from is not None and not isinstance(self.converted_from, str):
+            raise ValueError(f"`converted_from` must be a string such as 'x-transformers 2.31.10', but got "
+                             f"{self.converted_from!r}.")
+        _check_range("tie_embedding_scale", self.tie_embedding_scale, 0.0, low_open=True)
+        if self.tie_embedding_scale != 1.0 and not self.tie_word_embeddings:
+            raise ValueError(
+                f"`tie_embedding_scale` ({self.tie_embedding_scale}) scales the logits of a tied head: it needs "
+                "`tie_word_embeddings=True`."
+            )
+        if self.talking_heads_residual and not self.talking_heads:
+            raise ValueError("`talking_heads_residual=True` needs `talking_heads=True`.")
+        if self.scalenorm_dim_scale and self.norm != "scalenorm":
+            raise ValueError(f"`scalenorm_dim_scale=True` needs `norm='scalenorm'`, but got {self.norm!r}.")
         if self.embedding_provider is not None and (
             not isinstance(self.embedding_provider, str) or ":" not in self.embedding_provider
         ):

@@ -1,9 +1,12 @@
-"""Import a Zeta / x-transformers 1.19 checkpoint (state dict + constructor kwargs) as a `ZetaForCausalLM` folder.
+"""Import a Zeta / x-transformers checkpoint (state dict + constructor kwargs) as a `ZetaForCausalLM` folder.
 
-    python -m zeta_hf.convert_zeta --checkpoint model.pt --kwargs kwargs.json --output-dir out/
+    python -m zeta_hf.convert_zeta --checkpoint model.pt --kwargs kwargs.json --output-dir out/ [--source ...]
 
-`kwargs.json` holds the `Transformer(...)` keyword arguments with the attention layers under "attn_layers":
-`{"num_tokens": 256, "max_seq_len": 1024, "attn_layers": {"type": "Decoder", "dim": 512, "depth": 6, ...}}`.
+`kwargs.json` holds the `Transformer(...)` / `TransformerWrapper(...)` keyword arguments with the attention layers
+under "attn_layers": `{"num_tokens": 256, "max_seq_len": 1024, "attn_layers": {"type": "Decoder", "dim": 512, ...}}`.
+`--source` picks the library that wrote the checkpoint: "zeta" or "xtransformers-1" (x-transformers 1.19, what Zeta
+is), "xtransformers-2" (x-transformers 2.x), or "auto" (the default): 2.x when the checkpoint shows 2.x markers,
+otherwise 1.19. See docs/convert.md for the supported 2.x options.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -149,6 +154,214 @@ def _reorder_heads(name: str, tensor: torch.Tensor, perm: torch.Tensor | None, c
     return tensor
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# x-transformers 2.x
+# --------------------------------------------------------------------------------------------------------------------
+
+SOURCES = ("auto", "zeta", "xtransformers-1", "xtransformers-2")
+
+# 2.x options with the same meaning as in Zeta / 1.19: handed to the 1.19 translation unchanged.
+_XT2_SAME_LAYER_OPTIONS = {
+    "dim", "depth", "heads", "rotary_pos_emb", "rotary_emb_dim", "rotary_xpos", "rotary_xpos_scale_base",
+    "rotary_interpolation_factor", "rotary_base_rescale_factor", "alibi_pos_bias", "alibi_num_heads", "rel_pos_bias",
+    "rel_pos_num_buckets", "rel_pos_max_distance", "use_scalenorm", "use_rmsnorm", "use_simple_rmsnorm", "pre_norm",
+    "sandwich_norm", "residual_attn", "macaron", "scale_residual_constant", "layer_dropout",
+    "zero_init_branch_output", "attn_dim_head", "attn_kv_heads", "attn_one_kv_head", "attn_dropout", "attn_qk_norm",
+    "attn_qk_norm_groups", "attn_qk_norm_scale", "attn_num_mem_kv", "attn_head_scale", "attn_gate_values",
+    "attn_on_attn", "attn_add_zero_kv", "attn_value_dim_head", "attn_flash", "attn_onnxable", "attn_zero_init_output",
+    "ff_mult", "ff_glu", "ff_swish", "ff_relu_squared", "ff_no_bias", "ff_post_act_ln", "ff_dropout",
+    "ff_zero_init_output", "dynamic_pos_bias", "dynamic_pos_bias_log_distance", "dynamic_pos_bias_mlp_depth",
+    "shift_tokens", "gate_residual", "custom_layers", "par_ratio", "sandwich_coef", "attn_max_attend_past",
+    "attn_sparse_topk",
+}
+# 2.x options translated here (2.x-only names, or values that need checking).
+_XT2_OWN_LAYER_OPTIONS = {
+    "norm_add_unit_offset", "attn_pre_talking_heads", "attn_post_talking_heads", "scale_residual",
+    "disable_abs_pos_emb", "pre_norm_has_final_norm", "verbose",
+}
+_XT2_SAME_TRANSFORMER_OPTIONS = {
+    "num_tokens", "max_seq_len", "emb_dim", "emb_dropout", "post_emb_norm", "num_memory_tokens", "tie_embedding",
+    "logits_dim", "use_abs_pos_emb", "scaled_sinu_pos_emb", "l2norm_embed", "emb_frac_gradient",
+}
+_XT2_OWN_TRANSFORMER_OPTIONS = {"tie_embedding_scale", "max_mem_len", "shift_mem_down", "attn_z_loss_weight"}
+# Names only 2.x has: their presence in the kwargs marks a 2.x checkpoint.
+_XT2_ONLY_OPTIONS = {
+    "norm_add_unit_offset", "attn_pre_talking_heads", "attn_post_talking_heads", "tie_embedding_scale",
+    "disable_abs_pos_emb",
+}
+XT2_LAYER_OPTIONS = sorted(_XT2_SAME_LAYER_OPTIONS | _XT2_OWN_LAYER_OPTIONS)
+XT2_TRANSFORMER_OPTIONS = sorted(_XT2_SAME_TRANSFORMER_OPTIONS | _XT2_OWN_TRANSFORMER_OPTIONS)
+# Hyperparameters of features that are off: harmless at 2.x's default value (an explicit kwargs dump carries them).
+_XT2_INERT_DEFAULTS = {
+    "dynamic_tanh_init_alpha": 1.0, "softclamp_output_value": 30.0, "layer_integrate_use_softmax": True,
+    "num_residual_streams": 1, "hyper_conn_sinkhorn_iters": 5, "adaptive_condition_mlp_expansion": 4,
+    "learned_value_residual_mix": True, "layerscale_init_value": 0.0, "attn_gumbel_softmax_temp": 1.0,
+    "attn_gumbel_softmax_hard": True, "attn_logit_softclamp_value": 50.0, "attn_laser_softclamp_value": 15.0,
+    "attn_low_rank_silu_gates": True, "attn_cope_max_pos": 16, "attn_rel_proj_num_distance_basis": 16,
+    "attn_rel_proj_max_dist": 1024, "attn_data_dependent_alibi_per_row_dim_head": 8,
+    "ff_glu_gate_softclamp_value": 4.0, "ff_glu_up_softclamp_value": 25.0, "train_max_recycle_steps": 4,
+    "max_looped_steps": 4, "num_cls_tokens": 1, "num_pooled_tokens": 1, "attn_pool_depth": 1,
+    "mixture_of_softmax_k": 4, "num_output_heads": 1,
+}
+
+
+def _is_off(key: str, value) -> bool:
+    """An option zeta_hf does not implement is harmless when it is switched off (2.x features are opt-in)."""
+    if key in _XT2_INERT_DEFAULTS:
+        return value == _XT2_INERT_DEFAULTS[key]
+    return value is None or value is False or (not isinstance(value, bool) and value in (0, 0.0, (), [], {}))
+
+
+def _refuse_xt2_options(owner: str, kwargs: dict, supported: list[str]) -> None:
+    refused = sorted(k for k, v in kwargs.items() if k not in supported and not _is_off(k, v))
+    if refused:
+        raise ValueError(
+            f"x-transformers 2.x {owner} option(s) {refused} cannot be converted: zeta_hf does not implement them, "
+            f"and dropping them would change the model's numbers. Supported {owner} options: {', '.join(supported)}."
+        )
+
+
+def _xt2_check_value(name: str, value, allowed: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(
+            f"x-transformers 2.x option `{name}={value!r}` cannot be converted: only {allowed} is supported."
+        )
+
+
+def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: str | None = None) -> ZetaConfig:
+    """Translate x-transformers 2.x `TransformerWrapper(...)` kwargs (with `attn_layers` as a dict holding
+    `"type": "Decoder" | "Encoder"`) into a `ZetaConfig` that computes what 2.x computes, or raise naming the
+    options that cannot be converted."""
+    kw = dict(transformer_kwargs)
+    layer_kw = kw.pop("attn_layers", None)
+    if not isinstance(layer_kw, dict):
+        raise ValueError("`attn_layers` must be a dict of the Decoder / Encoder kwargs with a 'type' entry.")
+    layer_kw = dict(layer_kw)
+    kind = layer_kw.pop("type", "Decoder")
+    if kind not in ("Decoder", "Encoder"):
+        raise ValueError(f"`attn_layers.type` must be 'Decoder' or 'Encoder' for x-transformers 2.x, but got {kind!r}.")
+    _refuse_xt2_options("TransformerWrapper", kw, XT2_TRANSFORMER_OPTIONS)
+    _refuse_xt2_options(kind, layer_kw, XT2_LAYER_OPTIONS)
+    for name in ("max_mem_len", "shift_mem_down"):  # 2.x's recurrence differs (empty mems at 0, normed mems)
+        _xt2_check_value(name, kw.get(name, 0), "0 (no Transformer-XL recurrence)", kw.get(name, 0) == 0)
+    _xt2_check_value("pre_norm_has_final_norm", layer_kw.get("pre_norm_has_final_norm", True), "True",
+                     layer_kw.get("pre_norm_has_final_norm", True) is True)
+    scale_residual = layer_kw.get("scale_residual", False)
+    _xt2_check_value("scale_residual", scale_residual, "True or False (a float scales branches differently)",
+                     isinstance(scale_residual, bool))
+    pre_th, post_th = layer_kw.get("attn_pre_talking_heads", False), layer_kw.get("attn_post_talking_heads", False)
+    _xt2_check_value("attn_pre_talking_heads", pre_th, "talking heads before and after the softmax together "
+                     "(attn_pre_talking_heads == attn_post_talking_heads)", bool(pre_th) == bool(post_th))
+    heads = layer_kw.get("heads", 8)
+    # one head and no output projection in 2.x: zeta_hf always has one
+    _xt2_check_value("heads", heads, "more than one head", heads != 1)
+    rotary = layer_kw.get("rotary_pos_emb", False) or layer_kw.get("rotary_xpos", False)
+    groups = layer_kw.get("attn_qk_norm_groups", 1)
+    if layer_kw.get("attn_qk_norm") and groups != 1 and (rotary or layer_kw.get("attn_num_mem_kv", 0)):
+        raise ValueError(
+            f"x-transformers 2.x option `attn_qk_norm_groups={groups}` cannot be converted together with rotary "
+            "positions or `attn_num_mem_kv`: only `attn_qk_norm_groups=1` is supported there."
+        )
+    biases = [name for name in ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias") if layer_kw.get(name)]
+    if layer_kw.get("attn_num_mem_kv", 0) and biases:
+        # 2.x gives its memory key / values no position bias; zeta_hf places them on the key axis (as 1.19 does)
+        raise ValueError(
+            f"x-transformers 2.x option `attn_num_mem_kv={layer_kw['attn_num_mem_kv']}` cannot be converted together "
+            f"with `{biases[0]}=True`: memory key / values are supported with rotary, absolute or no positions."
+        )
+    if layer_kw.get("attn_num_mem_kv", 0) and layer_kw.get("attn_max_attend_past") is not None:
+        # 2.x keeps memory key / values visible to every query; zeta_hf windows them by their key-axis position
+        raise ValueError(
+            f"x-transformers 2.x option `attn_num_mem_kv={layer_kw['attn_num_mem_kv']}` cannot be converted together "
+            "with `attn_max_attend_past`: use one or the other."
+        )
+    shifts = layer_kw.get("shift_tokens", 0)
+    if isinstance(shifts, (list, tuple)):
+        raise ValueError(
+            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every "
+            "layer is supported (2.x reads a list as one shift per layer only when it is a tuple)."
+        )
+    disable_abs = layer_kw.get("disable_abs_pos_emb")
+    if disable_abs is False and (rotary or layer_kw.get("rel_pos_bias")):
+        raise ValueError("x-transformers 2.x option `disable_abs_pos_emb=False` with rotary or T5 positions cannot be "
+                         "converted: zeta_hf turns absolute positions off for those.")
+
+    zeta_layers = {k: v for k, v in layer_kw.items() if k in _XT2_SAME_LAYER_OPTIONS}
+    zeta_layers["scale_residual"] = scale_residual
+    if pre_th:
+        zeta_layers["attn_talking_heads"] = True
+    zeta_transformer = {k: v for k, v in kw.items() if k in _XT2_SAME_TRANSFORMER_OPTIONS}
+    if disable_abs:
+        zeta_transformer["use_abs_pos_emb"] = False
+
+    dim, dim_head = layer_kw["dim"], layer_kw.get("attn_dim_head", 64)
+    overrides = dict(
+        converted_from=f"x-transformers {source_version or '2.x'}",
+        norm_bias=False,  # 2.x's LayerNorm has no bias anywhere
+        norm_unit_offset=bool(layer_kw.get("norm_add_unit_offset", True)),
+        scalenorm_dim_scale=bool(layer_kw.get("use_scalenorm", False)),
+        gate_values_bias=False,
+        lm_head_bias=False,
+        xl_memory=False,
+        talking_heads_residual=bool(pre_th),
+        sparse_topk_mode="top_k",
+    )
+    if kw.get("tie_embedding"):
+        scale = kw.get("tie_embedding_scale")
+        overrides["tie_embedding_scale"] = float(dim**-0.5 if scale is None else scale)
+    if rotary:  # 2.x rotates queries and keys only, over dim_head // 2 features unless told otherwise
+        overrides["rotary_rotate_values"] = False
+        overrides["rotary_emb_dim"] = layer_kw.get("rotary_emb_dim") or dim_head // 2
+    layers = _layers_from_kwargs({**zeta_layers, "type": kind})
+    return config_from_zeta_kwargs(zeta_transformer, layers, **overrides)
+
+
+def _interleaved_to_half(rot_dim: int, head_dim: int) -> torch.Tensor:
+    """Feature order that turns 2.x's interleaved rotary pairs (2i, 2i + 1) into zeta_hf's halves (i, i + rot/2)."""
+    return torch.cat((torch.arange(0, rot_dim, 2), torch.arange(1, rot_dim, 2), torch.arange(rot_dim, head_dim)))
+
+
+def xtransformers2_to_zeta_layout(state: dict[str, torch.Tensor], config: ZetaConfig) -> dict[str, torch.Tensor]:
+    """Rewrite a 2.x state dict into the Zeta 1.19 layout `convert_state_dict` reads.
+
+    Renames `gamma` (2.x's bias-less LayerNorm) to `weight`, and reorders query / key features so that 2.x's
+    interleaved rotary pairs become zeta_hf's rotate-half pairs: the same dot products, so the same attention, and
+    the same model under further training (a permutation of parameters).
+    """
+    rot = None
+    if config.position_embedding == "rotary":
+        rot = _interleaved_to_half(config.rotary_emb_dim, config.head_dim)
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(".gamma"):
+            key = key.removesuffix(".gamma") + ".weight"
+        if rot is not None and re.search(r"\.(to_q|to_k)\.weight$", key):
+            d = config.head_dim
+            tensor = tensor.view(-1, d, tensor.shape[-1])[:, rot].reshape_as(tensor)  # (heads * d, dim) rows by head
+        if rot is not None and key.endswith(".mem_k"):
+            tensor = tensor[..., rot]  # (kv_heads, n, d)
+        out[key] = tensor
+    return out
+
+
+def detect_source(state: dict[str, torch.Tensor], transformer_kwargs: dict) -> str:
+    """"xtransformers-2" when the checkpoint shows a 2.x marker, else "zeta" (1.19; see `convert_zeta_checkpoint`)."""
+    layer_kw = transformer_kwargs.get("attn_layers")
+    names = set(transformer_kwargs) | (set(layer_kw) if isinstance(layer_kw, dict) else set())
+    if names & _XT2_ONLY_OPTIONS or any(k.endswith(".gamma") for k in state):
+        return "xtransformers-2"
+    if "to_logits.weight" in state and "to_logits.bias" not in state:  # 1.19's untied head always has a bias
+        return "xtransformers-2"
+    return "zeta"
+
+
+def _has_1x_marker(state: dict[str, torch.Tensor]) -> bool:
+    """1.19 LayerNorms carry biases and its untied head a bias; 2.x has neither."""
+    return "to_logits.bias" in state or any(
+        re.fullmatch(r"attn_layers\.(final_norm|layers\.\d+\.0\.\d)\.bias", k) for k in state
+    )
+
+
 def _layers_from_kwargs(layer_kwargs: dict):
     layer_kwargs = dict(layer_kwargs)
     kind = layer_kwargs.pop("type", "Decoder")
@@ -159,19 +372,46 @@ def _layers_from_kwargs(layer_kwargs: dict):
 
 
 def convert_zeta_checkpoint(
-    zeta_state: dict[str, torch.Tensor], transformer_kwargs: dict, output_dir: str | Path | None = None
+    zeta_state: dict[str, torch.Tensor],
+    transformer_kwargs: dict,
+    output_dir: str | Path | None = None,
+    source: str = "auto",
+    source_version: str | None = None,
 ) -> ZetaForCausalLM:
-    """Build a `ZetaForCausalLM` with the weights of a Zeta model; save it to `output_dir` when given.
+    """Build a `ZetaForCausalLM` with the weights of a Zeta / x-transformers model; save it to `output_dir` when given.
 
-    `transformer_kwargs` are the Zeta `Transformer(...)` kwargs, with `attn_layers` either a zeta_hf `Decoder` /
-    `Encoder` or a dict of its kwargs plus `"type": "Decoder" | "Encoder"`.
+    `transformer_kwargs` are the `Transformer(...)` / `TransformerWrapper(...)` kwargs, with `attn_layers` either a
+    zeta_hf `Decoder` / `Encoder` or a dict of its kwargs plus `"type": "Decoder" | "Encoder"`. `source` is "zeta" or
+    "xtransformers-1" (x-transformers 1.19, what Zeta is), "xtransformers-2" (x-transformers 2.x), or "auto": 2.x
+    when the checkpoint has a 2.x marker (a bias-less `gamma` LayerNorm, a bias-less untied head, a 2.x-only
+    option), otherwise 1.19, with a warning when nothing tells the two apart. `source_version` (e.g. "2.31.10") is
+    recorded in `config.converted_from`.
     """
-    kwargs = dict(transformer_kwargs)
-    layers = kwargs.pop("attn_layers")
-    if isinstance(layers, dict):
-        layers = _layers_from_kwargs(layers)
-    # Zeta 1.19's sparse top-k drops the k largest scores; a converted checkpoint keeps that behaviour.
-    config = config_from_zeta_kwargs(kwargs, layers, sparse_topk_mode="zeta_inverted")
+    if source not in SOURCES:
+        raise ValueError(f"`source` must be one of {list(SOURCES)}, but got {source!r}.")
+    if source == "auto":
+        source = detect_source(zeta_state, transformer_kwargs)
+        if source == "zeta" and not _has_1x_marker(zeta_state):
+            warnings.warn(
+                "Nothing in this checkpoint tells x-transformers 1.19 (Zeta) from 2.x apart; converting it as 1.19. "
+                "Pass source='xtransformers-2' (`--source xtransformers-2`) if it was trained with x-transformers 2.x.",
+                stacklevel=2,
+            )
+    if source == "xtransformers-2":
+        if not isinstance(transformer_kwargs.get("attn_layers"), dict):
+            raise ValueError("For an x-transformers 2.x checkpoint, `attn_layers` must be a dict of its kwargs.")
+        config = config_from_xtransformers2_kwargs(transformer_kwargs, source_version)
+        zeta_state = xtransformers2_to_zeta_layout(zeta_state, config)
+    else:
+        kwargs = dict(transformer_kwargs)
+        layers = kwargs.pop("attn_layers")
+        if isinstance(layers, dict):
+            layers = _layers_from_kwargs(layers)
+        default_name = "Zeta (x-transformers 1.19)" if source == "zeta" else "x-transformers 1.19"
+        converted_from = f"{default_name.split(' (')[0]} {source_version}" if source_version else default_name
+        # Zeta 1.19's sparse top-k drops the k largest scores; a converted checkpoint keeps that behaviour.
+        config = config_from_zeta_kwargs(kwargs, layers, sparse_topk_mode="zeta_inverted",
+                                         converted_from=converted_from)
     model = ZetaForCausalLM(config)
     state = convert_state_dict(zeta_state, config)
     if config.tie_word_embeddings:
@@ -191,11 +431,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="torch.save'd state dict of the Zeta Transformer")
     parser.add_argument("--kwargs", required=True, help="JSON file with the Transformer constructor kwargs")
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--source", choices=SOURCES, default="auto",
+                        help="library that wrote the checkpoint (default: auto, 2.x when it shows 2.x markers)")
+    parser.add_argument("--source-version", default=None,
+                        help="version of that library (e.g. 2.31.10), recorded in config.json `converted_from`")
     args = parser.parse_args(argv)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     kwargs = json.loads(Path(args.kwargs).read_text())
-    convert_zeta_checkpoint(state, kwargs, args.output_dir)
-    print(f"Saved ZetaForCausalLM to {args.output_dir}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = convert_zeta_checkpoint(state, kwargs, args.output_dir, source=args.source,
+                                        source_version=args.source_version)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"Saved ZetaForCausalLM ({model.config.converted_from}) to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -41,15 +41,20 @@ def scale_rows(x: torch.Tensor, numerator: float | torch.Tensor, eps: float = 1e
 
 
 class ZetaRMSNorm(nn.Module):
-    """Zeta's RMSNorm: `normalize(x) * sqrt(dim) * weight` (no epsilon)."""
+    """Zeta's RMSNorm: `normalize(x) * sqrt(dim) * weight` (no epsilon).
 
-    def __init__(self, dim: int, eps: float = 0.0):
+    With `unit_offset` (x-transformers 2.x) the gain is `weight + 1` and `weight` starts at 0, so weight decay pulls
+    the gain towards 1 instead of 0.
+    """
+
+    def __init__(self, dim: int, eps: float = 0.0, unit_offset: bool = False):
         super().__init__()
         self.scale = dim**0.5
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.unit_offset = unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return scale_rows(x, self.scale) * self.weight
+        return scale_rows(x, self.scale) * (self.weight + 1.0 if self.unit_offset else self.weight)
 
 
 class ZetaSimpleRMSNorm(nn.Module):
@@ -64,22 +69,54 @@ class ZetaSimpleRMSNorm(nn.Module):
 
 
 class ZetaScaleNorm(nn.Module):
-    """ScaleNorm: `x / max(||x||, eps) * g` with one learned scalar `g` (initialised to `dim ** -0.5`)."""
+    """ScaleNorm: `x / max(||x||, eps) * g` with one learned scalar `g` (initialised to `dim ** -0.5`).
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    x-transformers 2.x's variant (`dim_scale`) is `x / ||x|| * sqrt(dim) * g` with `g` starting at 1, and with
+    `unit_offset` the gain is `weight + 1` (weight starting at 0).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, unit_offset: bool = False, dim_scale: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(1) * dim**-0.5)
+        self.unit_offset = unit_offset
+        self.scale = dim**0.5 if dim_scale else 1.0
+        self.weight = nn.Parameter(torch.ones(1) * self.initial_gain(dim, unit_offset, dim_scale))
+
+    @staticmethod
+    def initial_gain(dim: int, unit_offset: bool, dim_scale: bool) -> float:
+        return 0.0 if unit_offset else (1.0 if dim_scale else dim**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return scale_rows(x, self.weight, self.eps)
+        gain = self.weight + 1.0 if self.unit_offset else self.weight
+        return scale_rows(x, gain * self.scale if self.scale != 1.0 else gain, self.eps)
+
+
+class ZetaUnitOffsetLayerNorm(nn.LayerNorm):
+    """LayerNorm whose gain is `weight + 1` (weight starts at 0), as x-transformers 2.x's `norm_add_unit_offset`."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__(dim, eps=eps, bias=bias)
+        nn.init.zeros_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight + 1.0, self.bias, self.eps)
 
 
 NORM_CLASSES = {"layernorm": nn.LayerNorm, "rmsnorm": ZetaRMSNorm, "scalenorm": ZetaScaleNorm, "simple_rmsnorm": ZetaSimpleRMSNorm}
 
 
 def make_norm(config: ZetaConfig, dim: int | None = None) -> nn.Module:
-    return NORM_CLASSES[config.norm](dim or config.hidden_size, eps=config.layer_norm_eps)
+    """The residual-layer norm named by `config.norm`, with the x-transformers 2.x variants the config asks for."""
+    dim, eps = dim or config.hidden_size, config.layer_norm_eps
+    if config.norm == "layernorm":
+        if config.norm_unit_offset:
+            return ZetaUnitOffsetLayerNorm(dim, eps=eps, bias=config.norm_bias)
+        return nn.LayerNorm(dim, eps=eps, bias=config.norm_bias)
+    if config.norm == "rmsnorm":
+        return ZetaRMSNorm(dim, eps=eps, unit_offset=config.norm_unit_offset)
+    if config.norm == "scalenorm":
+        return ZetaScaleNorm(dim, eps=eps, unit_offset=config.norm_unit_offset, dim_scale=config.scalenorm_dim_scale)
+    return NORM_CLASSES[config.norm](dim, eps=eps)
 
 
 def make_dropout(p: float) -> nn.Module:
@@ -158,7 +195,8 @@ def attention_scores(
     min_value = torch.finfo(scores.dtype).min
     if prev_scores is not None:
         scores = scores + prev_scores
-    scores = module.pre_softmax_talking_heads(scores)
+    mixed = module.pre_softmax_talking_heads(scores)
+    scores = scores + mixed if module.talking_heads_residual else mixed  # x-transformers 2.x adds the mix
     if prev_scores is not None or not isinstance(module.pre_softmax_talking_heads, nn.Identity):
         # Masked scores (finfo.min) carried over by residual attention, then mixed by talking heads, can overflow to
         # +-inf, and inf - inf is NaN, which Zeta propagates into every later layer. Here they stay masked; every
@@ -221,6 +259,7 @@ class ZetaAttention(nn.Module):
         self.sparse_topk, self.sparse_topk_mode = config.sparse_topk, config.sparse_topk_mode
         self.add_zero_kv = config.add_zero_kv
         self.needs_scores = config.needs_attention_scores  # talking heads, sparse top-k, residual attention
+        self.talking_heads_residual = config.talking_heads_residual
 
         self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
@@ -229,7 +268,10 @@ class ZetaAttention(nn.Module):
         # attention-on-attention: the output projection doubles and a GLU gates it
         self.o_proj = nn.Linear(h * vd, config.hidden_size * (2 if config.attn_on_attn else 1), bias=False)
         self.out_glu = nn.GLU() if config.attn_on_attn else nn.Identity()
-        self.v_gate = nn.Linear(config.hidden_size, h * vd) if config.gate_values else None  # AlphaFold2 value gating
+        # AlphaFold2 value gating (x-transformers 2.x: without a bias)
+        self.v_gate = (
+            nn.Linear(config.hidden_size, h * vd, bias=config.gate_values_bias) if config.gate_values else None
+        )
         self.head_scale = nn.Parameter(torch.ones(h)) if config.head_scale else None  # NormFormer head scaling
         talking = config.talking_heads
         self.pre_softmax_talking_heads = nn.Conv2d(h, h, 1, bias=False) if talking else nn.Identity()
@@ -348,7 +390,7 @@ class ZetaFeedForward(nn.Module):
         # Zeta's GLU projection always has a bias; `ff_bias=False` (ff_no_bias) only reaches the plain path.
         self.up_proj = nn.Linear(config.hidden_size, inner * 2 if self.glu else inner, bias=config.ff_bias or self.glu)
         self.act = activation()
-        self.post_act_norm = nn.LayerNorm(inner) if config.ff_post_act_ln else nn.Identity()
+        self.post_act_norm = nn.LayerNorm(inner, bias=config.norm_bias) if config.ff_post_act_ln else nn.Identity()
         self.dropout = make_dropout(config.ff_dropout)
         self.down_proj = nn.Linear(inner, config.hidden_size, bias=config.ff_bias)
         if config.norm_placement == "deepnorm":

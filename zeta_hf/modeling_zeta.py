@@ -45,6 +45,7 @@ from .layers_zeta import (
     ZetaResidual,
     ZetaRMSNorm,
     ZetaScaleNorm,
+    ZetaUnitOffsetLayerNorm,
     eager_attention_forward,
     make_dropout,
     make_norm,
@@ -200,9 +201,10 @@ class ZetaPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             if role == "zeros":
                 init.zeros_(module.weight)
-            elif role == "open_gate":  # gates start fully open
+            elif role == "open_gate":  # gates start fully open (a bias-less 2.x gate starts half open)
                 init.zeros_(module.weight)
-                init.ones_(module.bias)
+                if module.bias is not None:
+                    init.ones_(module.bias)
                 return
             elif isinstance(role, float):  # DeepNet: xavier-normal with a gain
                 init.xavier_normal_(module.weight, gain=role)
@@ -220,12 +222,16 @@ class ZetaPreTrainedModel(PreTrainedModel):
             else:
                 init.normal_(module.weight, std=1e-5 if role == "small_normal" else 1.0)
         elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+            if module.weight is not None:  # unit-offset gains (x-transformers 2.x) start at 0
+                (init.zeros_ if isinstance(module, ZetaUnitOffsetLayerNorm) else init.ones_)(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (ZetaRMSNorm,)):
-            init.ones_(module.weight)
+            (init.zeros_ if module.unit_offset else init.ones_)(module.weight)
         elif isinstance(module, ZetaScaleNorm):
-            init.constant_(module.weight, self.config.hidden_size**-0.5)
+            cfg = self.config
+            gain = module.initial_gain(cfg.hidden_size, cfg.norm_unit_offset, cfg.scalenorm_dim_scale)
+            init.constant_(module.weight, gain)
         elif isinstance(module, ScaledSinusoidalEmbedding):
             init.constant_(module.scale, self.config.input_dim**-0.5)
             init.copy_(module.inv_freq, module.compute_inv_freq(self.config.input_dim, module.theta))
@@ -336,7 +342,10 @@ class ZetaModel(ZetaPreTrainedModel):
         self.embed_positions = abs_cls(config) if abs_cls is not None else None
         if config.l2norm_embed and hasattr(self.embed_positions, "emb"):
             self.embed_positions.emb.zeta_init = "small_normal"
-        self.post_emb_norm = nn.LayerNorm(config.input_dim) if config.post_emb_norm else nn.Identity()
+        # (x-transformers 2.x: a bias-less LayerNorm without the unit offset of its layer norms)
+        self.post_emb_norm = (
+            nn.LayerNorm(config.input_dim, bias=config.norm_bias) if config.post_emb_norm else nn.Identity()
+        )
         self.embedding_dropout = make_dropout(config.embedding_dropout)
         self.project_emb = (
             nn.Linear(config.input_dim, config.hidden_size) if config.input_dim != config.hidden_size else nn.Identity()
@@ -575,6 +584,12 @@ class ZetaModel(ZetaPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
         self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
+        if not cfg.xl_memory and (mems is not None or output_mems):
+            raise ValueError(
+                f"This model (converted from {cfg.converted_from or 'a source with other memory semantics'}) has "
+                "`xl_memory=False`: Transformer-XL `mems` / `output_mems` would not reproduce the original's "
+                "recurrence, so they are refused."
+            )
         if use_cache and not self.supports_cache:
             raise ValueError(
                 "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
@@ -819,6 +834,29 @@ class ZetaModel(ZetaPreTrainedModel):
         return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
+class ZetaScaledLMHead(nn.Linear):
+    """A logits head that multiplies its output by a constant: x-transformers 2.x scales tied logits by `dim ** -0.5`.
+
+    The scale lives in the head, so `lm_head(hidden)` is the logits as everywhere else; the head stays an `nn.Linear`
+    whose weight ties to the token embedding.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, scale: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+def make_lm_head(config: ZetaConfig) -> nn.Linear:
+    """Zeta's `to_logits`: a bias unless tied (x-transformers 2.x: never), scaled when `tie_embedding_scale` says so."""
+    bias = config.lm_head_bias and not config.tie_word_embeddings
+    if config.tie_embedding_scale != 1.0:
+        return ZetaScaledLMHead(config.hidden_size, config.output_dim, bias, config.tie_embedding_scale)
+    return nn.Linear(config.hidden_size, config.output_dim, bias=bias)
+
+
 class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
     """Zeta Transformer with its logits head (`to_logits`), for `generate()`, `Trainer` and `pipeline`."""
 
@@ -828,7 +866,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = ZetaModel(config)
         # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.lm_head = make_lm_head(config)
         self.post_init()
         if not config.supports_cache:
             self.generation_config.use_cache = False
@@ -971,7 +1009,7 @@ class ZetaForMaskedLM(ZetaEncoderHead):
     def __init__(self, config: ZetaConfig):
         super().__init__(config)
         self.model = ZetaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.output_dim, bias=not config.tie_word_embeddings)
+        self.lm_head = make_lm_head(config)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module | None:
