@@ -385,13 +385,14 @@ def test_greedy_generation_equals_xtransformers(oracle, name):
 def test_converted_folder_loads_as_remote_code(oracle, tmp_path):
     """The converted folder runs with `trust_remote_code=True` where zeta_hf cannot be imported, with the same logits
     and the greedy tokens of x-transformers 2.x."""
-    from test_remote_code import run_child
+    from conftest import run_without_zeta_hf
+    from test_remote_code import CHILD
 
     key = f"{GENERATE_CASE}-{DECODER}"
     model = convert_zeta_checkpoint(oracle["cases"][key]["state"], case_kwargs(GENERATE_CASE, DECODER),
                                     tmp_path / "saved", source="xtransformers-2")
     ids = tokens()
-    result = run_child(tmp_path / "saved", ids, tmp_path)
+    result = run_without_zeta_hf(CHILD, str(tmp_path / "saved"), json.dumps(ids.tolist()), tmp=tmp_path)
     assert result["zeta_hf_loaded"] is False
     assert result["lm_class"].startswith("transformers_modules.")
     torch.testing.assert_close(torch.tensor(result["logits"]), oracle["cases"][key]["logits"], rtol=0, atol=ATOL)
