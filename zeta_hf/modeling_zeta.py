@@ -888,10 +888,12 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             if prompt is not None and prompt.dim() == 2:
                 mask = kwargs.get("attention_mask")
                 longest = int(mask.sum(-1).max()) if mask is not None else prompt.shape[1]
-                if max_new is None:
-                    max_new = kwargs.get("max_length", gen.max_length) - prompt.shape[1]
+                max_length = kwargs.get("max_length", gen.max_length)
+                if max_new is None and max_length is not None:
+                    max_new = max_length - prompt.shape[1]
                 # the last new token is sampled, never embedded: the highest embedded position is longest + max_new - 2
-                if longest + max_new - 1 > self.config.max_position_embeddings:
+                # (no length at all: transformers' default stops within `max_position_embeddings` by itself)
+                if max_new is not None and longest + max_new - 1 > self.config.max_position_embeddings:
                     raise ValueError(
                         f"Generating {max_new} new tokens after a prompt of {longest} would embed position "
                         f"{longest + max_new - 2}, past the learned absolute position table "
