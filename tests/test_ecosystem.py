@@ -1,7 +1,8 @@
 """zeta_hf models work unchanged with the Hugging Face ecosystem: pipelines, streamers, PEFT, TRL, accelerate, export.
 
 Every client is exercised for real on a tiny model and checked against plain `forward()` / `generate()` numbers.
-Nothing downloads: the tokenizer is transformers' ByT5Tokenizer (bytes, no vocabulary file).
+Nothing downloads: the tokenizer is `zeta-hf`'s byte-level `PreTrainedTokenizerFast` (`make_tokenizer`, no vocabulary
+file), which adds no end-of-text token to a prompt: no call here needs `add_special_tokens=False`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import threading
 import pytest
 import torch
 from conftest import make_tiny_model
-from transformers import AutoModelForCausalLM, ByT5Tokenizer, TextIteratorStreamer, TextStreamer, pipeline
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TextIteratorStreamer, TextStreamer, pipeline
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
+from zeta_hf.data import make_tokenizer
 
-VOCAB = 384  # ByT5: <pad>, </s>, <unk>, 256 bytes, 125 sentinels
+VOCAB = 384  # ByT5's layout: <pad>, </s>, <unk>, 256 bytes, 125 sentinels
 # Every linear layer of a Zeta block, by the names PEFT's `target_modules` takes.
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 PROMPT = "The with statement"
@@ -34,8 +36,8 @@ def tiny_lm(seed: int = 0, **overrides) -> ZetaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> ByT5Tokenizer:
-    return ByT5Tokenizer()
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def model() -> ZetaForCausalLM:
 
 
 def greedy_text(model, tokenizer, prompt: str = PROMPT, max_new_tokens: int = 20) -> str:
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == [b + 3 for b in prompt.encode()]  # the prompt's bytes, no end token
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
@@ -58,9 +61,9 @@ def test_pipeline_text_generation_equals_generate(model, tokenizer):
     expected = greedy_text(model, tokenizer)
     assert len(expected) >= 10  # the comparison is not vacuous
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
-    out = pipe(PROMPT, max_new_tokens=20, do_sample=False, return_full_text=False, add_special_tokens=False)
+    out = pipe(PROMPT, max_new_tokens=20, do_sample=False, return_full_text=False)
     assert out[0]["generated_text"] == expected
-    full = pipe(PROMPT, max_new_tokens=20, do_sample=False, add_special_tokens=False)
+    full = pipe(PROMPT, max_new_tokens=20, do_sample=False)
     assert full[0]["generated_text"] == PROMPT + expected
 
 
@@ -69,14 +72,13 @@ def test_pipeline_batched_with_padding_equals_generate(model, tokenizer):
     expected = [greedy_text(model, tokenizer, p, 12) for p in prompts]
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
     pipe.tokenizer.padding_side = "left"
-    outs = pipe(prompts, max_new_tokens=12, do_sample=False, return_full_text=False, add_special_tokens=False,
-                batch_size=2)
+    outs = pipe(prompts, max_new_tokens=12, do_sample=False, return_full_text=False, batch_size=2)
     assert [o[0]["generated_text"] for o in outs] == expected
 
 
 def test_text_streamer_prints_generate_text(model, tokenizer, capsys):
     expected = greedy_text(model, tokenizer)
-    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     capsys.readouterr()
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                    streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
@@ -86,7 +88,7 @@ def test_text_streamer_prints_generate_text(model, tokenizer, capsys):
 
 def test_text_iterator_streamer_yields_generate_text(model, tokenizer):
     expected = greedy_text(model, tokenizer)
-    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                   streamer=streamer)

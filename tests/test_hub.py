@@ -33,6 +33,7 @@ from transformers import ByT5Tokenizer
 
 from zeta_hf import ZetaForCausalLM
 from zeta_hf import cli
+from zeta_hf.data import make_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -217,14 +218,15 @@ def pushed(olah_server, tmp_path_factory):
     """Push two models through the real upload code: `model.push_to_hub` (sharded) and `zeta-hf push` (sharded)."""
     hub = olah_server
     work = tmp_path_factory.mktemp("push")
-    tokenizer = ByT5Tokenizer()
+    tokenizer = make_tokenizer()
     api_model, cli_model = tiny_lm(1), tiny_lm(2)
 
-    # A folder as `zeta-hf train` leaves it: weights, tokenizer, training summary with held-out metrics.
+    # A folder as an earlier `zeta-hf train` left it: weights, ByT5's tokenizer (which `zeta-hf` used before its own
+    # byte-level one; such folders must keep working), training summary with held-out metrics.
     folder = work / "trained"
     cli_model.config.use_cache = False  # what Trainer leaves in saved checkpoints; the push turns it back on
     cli_model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    ByT5Tokenizer().save_pretrained(folder)
     summary = dict(corpus_description="Python documentation (`pydoc_data.topics`)", eval_fraction=0.05, steps=30,
                    tokens_seen=3840, train_seconds=12.0, tokens_per_second=320.0, seq_len=32, batch_size=4,
                    gradient_accumulation_steps=1, world_size=1, learning_rate=1e-3, lr_scheduler="cosine",
@@ -275,6 +277,7 @@ CLIENT = textwrap.dedent(
             "class": type(model).__module__ + "." + type(model).__name__,
             "tokenizer": type(tokenizer).__name__,
             "tokenizer_roundtrip": tokenizer.decode(tokenizer("def f(x):", add_special_tokens=False)["input_ids"]),
+            "tokenizer_default_ids": tokenizer("def f(x):")["input_ids"],
             "use_cache": model.config.use_cache,
             "logits": logits.tolist(),
             "generated": generated.tolist(),
@@ -313,7 +316,8 @@ def test_push_to_hub_uploads_sharded_safetensors_config_code_and_tokenizer(pushe
     assert "model.safetensors.index.json" in files
     index = json.loads((hub.repo_dir("org/pushed") / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
-    assert CODE_FILES | {"config.json", "generation_config.json", "README.md", "tokenizer_config.json"} <= files
+    assert CODE_FILES | {"config.json", "generation_config.json", "README.md", "tokenizer_config.json",
+                         "tokenizer.json"} <= files
     config = json.loads((hub.repo_dir("org/pushed") / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_zeta.ZetaForCausalLM"
     assert config["auto_map"]["AutoModel"] == "modeling_zeta.ZetaModel"
@@ -341,11 +345,11 @@ def test_cli_push_uploads_one_commit_with_rendered_card(pushed):
     data = card.data
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
     assert {"zeta", "zeta_hf", "custom_code"} <= set(data.tags) and data.license == "mit"
-    assert data.datasets == []
+    assert data.datasets is None and "datasets" not in card.content.split("---")[1]  # pydoc has no Hub dataset id
     results = {r.metric_type: r.metric_value for r in data.eval_results}
     assert results == {"bits_per_byte": 3.03, "perplexity": 8.17, "loss": 2.1}
     assert all(r.task_type == "text-generation" for r in data.eval_results)
-    assert 'AutoModelForCausalLM.from_pretrained("org/cli", trust_remote_code=True)' in card.text
+    assert 'pipeline("text-generation", model="org/cli", trust_remote_code=True)' in card.text
     assert "| optimizer steps | 30 |" in card.text and "3.030" in card.text
 
 
@@ -366,7 +370,13 @@ def test_from_pretrained_over_http_without_zeta_hf_reproduces_logits(pushed, dow
     got = downloaded[repo_id]
     assert downloaded["zeta_hf_loaded"] is False
     assert got["class"].startswith("transformers_modules.") and got["class"].endswith("modeling_zeta.ZetaForCausalLM")
-    assert got["tokenizer"] == "ByT5Tokenizer" and got["tokenizer_roundtrip"] == "def f(x):"
+    assert got["tokenizer_roundtrip"] == "def f(x):"
+    prompt_ids = [b + 3 for b in b"def f(x):"]
+    if repo_id == "org/pushed":  # zeta-hf's own tokenizer: transformers' class, nothing appended to a prompt
+        assert got["tokenizer"] in ("TokenizersBackend", "PreTrainedTokenizerFast")
+        assert got["tokenizer_default_ids"] == prompt_ids
+    else:  # a folder saved with ByT5's tokenizer keeps it, and its behaviour
+        assert got["tokenizer"] == "ByT5Tokenizer" and got["tokenizer_default_ids"] == prompt_ids + [1]
     assert got["use_cache"] is True
     torch.testing.assert_close(torch.tensor(got["logits"]), expected[repo_id], rtol=0, atol=1e-6)
     assert got["generated"] == generated[repo_id]

@@ -1,8 +1,10 @@
 """lm-evaluation-harness scores a saved zeta_hf model on the project's local YAML tasks, offline, with the real CLI.
 
-`lm_eval --model hf --include_path tests/lm_eval_tasks` runs the held-out bits-per-byte task and the tiny
-multiple-choice task on a folder that lm-eval loads with `trust_remote_code=True` (it does not import zeta_hf); the
-numbers it reports must equal the ones computed here from plain forward passes.
+`lm_eval --model hf --include_path tests/lm_eval_tasks` runs the held-out bits-per-byte task, the tiny
+multiple-choice task and a tiny generation task on a folder that lm-eval loads with `trust_remote_code=True` (it does
+not import zeta_hf) and otherwise default `model_args`; the scores and answers it reports must equal the ones computed
+here from plain forward passes and `model.generate`. The folder is what `zeta-hf train` writes: its tokenizer and its
+`generation_config.json` sampling defaults.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import ByT5Tokenizer
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
+from zeta_hf.cli import _set_generation_defaults
+from zeta_hf.data import make_tokenizer
 
 pytestmark = pytest.mark.slow
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 LM_EVAL = shutil.which("lm_eval")
-EOS = 1  # ByT5 has no BOS: lm-eval starts each rolling window from the EOS token
+EOS = 1  # no BOS in ByT5's layout: lm-eval starts each rolling window from the EOS token
+MAX_GEN_TOKS = 6  # zeta_python_gen.yaml
 
 
 def _docs(name: str) -> list[dict]:
@@ -49,7 +53,8 @@ def lm_eval_run(tmp_path_factory):
     model = ZetaForCausalLM(ZetaConfig(vocab_size=384, max_position_embeddings=128, hidden_size=32,
                                        num_hidden_layers=2, num_attention_heads=4, head_dim=8,
                                        position_embedding="rotary")).eval()
-    tokenizer = ByT5Tokenizer()
+    tokenizer = make_tokenizer()
+    _set_generation_defaults(model, tokenizer)  # sampling defaults, as `zeta-hf train` saves them
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     # The task files name their data with DATA_DIR: lm-eval's json loader needs absolute paths.
@@ -60,21 +65,26 @@ def lm_eval_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_HOME=str(tmp / "hf_home"), HF_DATASETS_CACHE=str(tmp / "datasets"), TOKENIZERS_PARALLELISM="false")
-    # add_bos_token=False: lm-eval otherwise leaves add_special_tokens to the tokenizer, and ByT5 then appends </s> to
-    # every context and continuation it scores.
+    # Default model_args (no add_bos_token=False): the tokenizer adds nothing to the texts lm-eval encodes.
     cmd = [LM_EVAL, "--model", "hf",
-           "--model_args", f"pretrained={tmp / 'model'},trust_remote_code=True,dtype=float32,add_bos_token=False",
-           "--include_path", str(tasks), "--tasks", "zeta_pydoc_bpb,zeta_python_mc",
-           "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp / "out")]
+           "--model_args", f"pretrained={tmp / 'model'},trust_remote_code=True,dtype=float32",
+           "--include_path", str(tasks), "--tasks", "zeta_pydoc_bpb,zeta_python_mc,zeta_python_gen",
+           "--device", "cpu", "--batch_size", "2", "--output_path", str(tmp / "out"), "--log_samples"]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"lm_eval failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     results = sorted((tmp / "out").rglob("results_*.json"))
     assert results, f"no results file under {tmp / 'out'}:\n{proc.stdout[-2000:]}"
-    return model, tokenizer, json.loads(results[-1].read_text())["results"]
+    samples = sorted((tmp / "out").rglob("samples_zeta_python_gen_*.jsonl"))
+    assert samples, f"no generation samples under {tmp / 'out'}"
+    answers = {}
+    for line in samples[-1].read_text().splitlines():
+        sample = json.loads(line)
+        answers[sample["doc"]["question"]] = sample["resps"][0][0]
+    return model, tokenizer, json.loads(results[-1].read_text())["results"], answers
 
 
 def test_lm_eval_bits_per_byte_matches_forward(lm_eval_run):
-    model, tokenizer, results = lm_eval_run
+    model, tokenizer, results, _ = lm_eval_run
     got = results["zeta_pydoc_bpb"]
     total_ll = total_bytes = total_words = 0
     for doc in _docs("pydoc_heldout.jsonl"):
@@ -90,7 +100,7 @@ def test_lm_eval_bits_per_byte_matches_forward(lm_eval_run):
 
 
 def test_lm_eval_multiple_choice_matches_forward(lm_eval_run):
-    model, tokenizer, results = lm_eval_run
+    model, tokenizer, results, _ = lm_eval_run
     got = results["zeta_python_mc"]
     correct = correct_norm = 0
     docs = _docs("python_mc.jsonl")
@@ -103,3 +113,24 @@ def test_lm_eval_multiple_choice_matches_forward(lm_eval_run):
         correct_norm += max(range(len(normed)), key=normed.__getitem__) == doc["label"]
     assert got["acc,none"] == pytest.approx(correct / len(docs))
     assert got["acc_norm,none"] == pytest.approx(correct_norm / len(docs))
+
+
+def test_lm_eval_generate_until_honours_max_gen_toks(lm_eval_run):
+    """Each answer equals greedy `generate` of at most `max_gen_toks` new tokens, cut at the stop sequence: the saved
+    generation_config.json sets no length of its own that would override lm-eval's."""
+    model, tokenizer, results, answers = lm_eval_run
+    docs = _docs("python_mc.jsonl")
+    assert set(answers) == {doc["question"] for doc in docs}
+    full_length = 0
+    for doc in docs:
+        ids = torch.tensor([[b + 3 for b in doc["question"].encode()]])  # the question's bytes, nothing appended
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_GEN_TOKS,
+                                 do_sample=False)
+        new = out[0, ids.shape[1]:].tolist()
+        assert len(new) <= MAX_GEN_TOKS
+        full_length += len(new) == MAX_GEN_TOKS and EOS not in new
+        expected = tokenizer.decode(new, skip_special_tokens=True).split("\n\n")[0]
+        assert answers[doc["question"]] == expected, doc["question"]
+    assert full_length > 0  # some answers end at the limit, not at </s>: the limit is what is compared
+    assert 0 <= results["zeta_python_gen"]["exact_match,none"] <= 1

@@ -18,6 +18,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import zeta_hf  # noqa: F401  (registers the "zeta" model type with the Auto classes)
 from zeta_hf import ZetaConfig, ZetaForCausalLM
+from zeta_hf.modeling_zeta import block_starts
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The variant matrix: every option appears at least once with memory tokens (mem2) and once with XL mems (xl).
@@ -585,7 +586,7 @@ class ModelCheckMixin:
         max_len = config.max_mem_len or float("inf")
         attn_layers = [i for i, kind in enumerate(config.layer_pattern) if kind == "attn"]
         with torch.no_grad():
-            out1 = model(seg1, output_mems=True, output_hidden_states=True, use_cache=False, **enc)
+            out1 = model(seg1, output_mems=True, output_branch_states=True, use_cache=False, **enc)
             mems = out1.mems
             assert isinstance(mems, list) and len(mems) == config.num_attention_layers
             if not attn_layers:  # no self-attention to read them (only_cross): an empty list that can be fed back
@@ -598,7 +599,7 @@ class ModelCheckMixin:
                 assert mem.shape == (BATCH, expected_len, config.hidden_size), f"mems[{k}]: {tuple(mem.shape)}"
                 assert not mem.requires_grad
                 # the newest rows are the tokens' input to that attention layer
-                assert_close(mem[:, -SEQ:], out1.hidden_states[layer][:, -min(SEQ, expected_len):], 0.0, f"mems[{k}] values")
+                assert_close(mem[:, -SEQ:], out1.branch_states[layer][:, -min(SEQ, expected_len):], 0.0, f"mems[{k}] values")
 
             out2 = model(seg2, mems=mems, output_mems=True, use_cache=False, **enc)
             expected_len2 = min(max_len, expected_len + config.num_memory_tokens + SEQ)
@@ -669,7 +670,8 @@ class ModelCheckMixin:
         model = self.build(config, "eager")
         ids, mems, enc = self.ids(config), self.mems_for(config), self.encoder_inputs(config)
         with torch.no_grad():
-            out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, use_cache=False, **enc)
+            out = model(ids, mems=mems, output_attentions=True, output_hidden_states=True, output_branch_states=True,
+                        use_cache=False, **enc)
         prefix = config.extra_key_slots + config.num_memory_kv + (MEM_LEN if mems else 0) + config.num_memory_tokens
         kv = prefix + SEQ
         kinds = [kind for kind in config.layer_pattern if kind != "ff"]
@@ -689,9 +691,17 @@ class ModelCheckMixin:
             if config.is_causal:
                 future = torch.ones(SEQ, kv, dtype=torch.bool).triu(prefix + 1)
                 assert weights[..., future].abs().max() == 0, f"attentions[{k}] attends to future tokens"
-        assert len(out.hidden_states) == len(model.model.layers) + 1
-        assert all(h.shape == (BATCH, SEQ, config.hidden_size) for h in out.hidden_states)
+        # transformers' convention: the embedding output and one state per block; Zeta's per-branch states on request
+        starts = block_starts(config.layer_pattern)
+        assert len(out.hidden_states) == len(starts) + 1
+        assert len(out.branch_states) == len(model.model.layers) + 1
+        if "attn" in config.layer_pattern:
+            assert len(out.hidden_states) == config.num_hidden_layers + 1
+        for k, start in enumerate(starts):
+            assert_close(out.hidden_states[k], out.branch_states[start], 0.0, f"hidden_states[{k}] = branch {start}")
+        assert all(h.shape == (BATCH, SEQ, config.hidden_size) for h in out.hidden_states + out.branch_states)
         assert_close(out.hidden_states[-1], out.last_hidden_state, 0.0, "last hidden state")
+        assert_close(out.branch_states[-1], out.last_hidden_state, 0.0, "last branch state")
         assert_close(model.lm_head(out.hidden_states[-1]), out.logits, 1e-6, "logits from the last hidden state", relative=True)
 
     # ---- 12. dtype ----

@@ -41,7 +41,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .configuration_zeta import ZetaConfig
 from .data import CorpusError, LMSplits, build_splits, load_corpus, make_tokenizer
-from .model_card import LOSS_CURVE_FILE, plot_loss_curve, render_card, write_model_card
+from .model_card import DEFAULT_LICENSE, LOSS_CURVE_FILE, check_license, plot_loss_curve, render_card, write_model_card
 from .modeling_zeta import ZetaForCausalLM
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -53,6 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "base": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, head_dim=64, position_embedding="rotary"),
 }
 DEFAULT_OUTPUT_DIR = "zeta-hf-model"
+DEFAULT_MAX_NEW_TOKENS = 200  # `zeta-hf generate`'s own default; generation_config.json sets no length
 SUMMARY_FILE = "training_summary.json"
 # Fields of config.json that say nothing about the architecture (ignored when checking a checkpoint to resume).
 _NON_ARCHITECTURE_FIELDS = {"use_cache", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype",
@@ -123,7 +124,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--save-steps", type=int, default=100, help="checkpoint every N steps (default: 100)")
     run.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (default: 2)")
     run.add_argument("--logging-steps", type=int, default=20, help="print loss every N steps (default: 20)")
-    run.add_argument("--license", default="other", help="license in the model card metadata (default: other)")
+    run.add_argument("--license", default=DEFAULT_LICENSE,
+                     help=f"Hub license id for the model card metadata (default: {DEFAULT_LICENSE})")
     diag = p.add_argument_group("diagnostics")
     diag.add_argument("--weights-digest-file", metavar="FILE",
                       help="every process writes the sha256 of its final weights to FILE.rank<N>")
@@ -137,8 +139,8 @@ def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
                        description="Load a saved model folder and stream a completion to the terminal.")
     p.add_argument("--model", default=DEFAULT_OUTPUT_DIR, help=f"model folder (default: {DEFAULT_OUTPUT_DIR})")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
-    p.add_argument("--max-new-tokens", type=int, help="tokens (bytes) to generate (default: the model's "
-                   "generation_config.json)")
+    p.add_argument("--max-new-tokens", type=int, help=f"tokens (bytes) to generate (default: {DEFAULT_MAX_NEW_TOKENS}, "
+                   "fewer where learned absolute positions end sooner)")
     p.add_argument("--temperature", type=float, help="sampling temperature")
     p.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, help="nucleus sampling probability mass")
@@ -180,8 +182,8 @@ def _add_push_parser(sub: argparse._SubParsersAction) -> None:
                    help='split the weights into safetensors shards of at most this size, e.g. "200MB"')
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--commit-message", default="Upload Zeta model with zeta-hf push")
-    p.add_argument("--license", default=None,
-                   help="license for the card's metadata (default: the one recorded at training time, else other)")
+    p.add_argument("--license", default=None, help="Hub license id for the card's metadata (default: the one "
+                   f"recorded at training time, else {DEFAULT_LICENSE})")
     p.add_argument("--token", default=None, help="Hub token (default: the stored login or HF_TOKEN)")
     p.set_defaults(func=push)
 
@@ -256,12 +258,17 @@ def build_config(args: argparse.Namespace, tokenizer) -> ZetaConfig:
     return config
 
 
-def _set_generation_defaults(model, tokenizer, seq_len: int) -> None:
-    """Sampling defaults written to generation_config.json, so `generate()` and pipelines give sensible text."""
+def _set_generation_defaults(model, tokenizer) -> None:
+    """Sampling defaults and token ids written to generation_config.json, so `generate()` and pipelines sample text.
+
+    No length: a saved `max_new_tokens` overrides every caller's `max_length` (lm-eval's `max_gen_toks` among them),
+    and a saved `max_length` makes transformers warn at every call that passes `max_new_tokens`. Without either,
+    each caller's own limit holds; `generate()` alone gives transformers' default (20 new tokens, within
+    `max_position_embeddings`), a pipeline its own, and `zeta-hf generate` `--max-new-tokens`.
+    """
     gen = model.generation_config
     gen.do_sample, gen.temperature, gen.top_k, gen.top_p = True, 0.8, 50, 0.95
-    # Stay within the context the model was trained on.
-    gen.max_new_tokens = max(1, min(200, seq_len - 1))
+    gen.max_new_tokens = gen.max_length = None
     gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
 
 
@@ -375,6 +382,15 @@ def _validate_train_args(args: argparse.Namespace) -> None:
         raise CLIError(f"--seq-len must be at least 2 (one token of context, one to predict), but got {args.seq_len}.")
     if not 0 < args.eval_fraction < 1:
         raise CLIError(f"--eval-fraction must be between 0 and 1, but got {args.eval_fraction}.")
+    _check_license(args.license)
+
+
+def _check_license(license: str | None) -> None:
+    try:
+        if license is not None:
+            check_license(license)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -617,7 +633,7 @@ def _make_trainer(args: argparse.Namespace, config: ZetaConfig, tokenizer, train
                   splits: LMSplits) -> ZetaTrainer:
     set_seed(args.seed)  # identical initial weights on every process and in every rerun
     model = ZetaForCausalLM(config)
-    _set_generation_defaults(model, tokenizer, args.seq_len)
+    _set_generation_defaults(model, tokenizer)
     callbacks = [TimeBudget(args.time_budget)] if args.time_budget else []
     if args.debug_step_delay:
         callbacks.append(StepDelay(args.debug_step_delay))
@@ -703,7 +719,8 @@ def _load_model_and_tokenizer(folder: str):
         raise CLIError(f"--model {folder!r} is not a model folder (no config.json).")
     try:
         model = ZetaForCausalLM.from_pretrained(path)
-        # The tokenizer is transformers' own ByT5Tokenizer: the folder's modeling code is not needed for it.
+        # The tokenizer is transformers' own class (PreTrainedTokenizerFast, or ByT5Tokenizer in older folders): the
+        # folder's modeling code is not needed for it.
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise CLIError(f"--model {folder!r} could not be loaded: {str(err).splitlines()[0]}") from None
@@ -715,10 +732,16 @@ def generate(args: argparse.Namespace) -> None:
     for name in ("max_new_tokens", "top_k", "temperature", "top_p"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
     model, tokenizer = _load_model_and_tokenizer(args.model)
+    # Explicit, for folders saved with ByT5's tokenizer, which appends </s> by default.
     ids = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     if ids.shape[1] == 0:  # documents are separated by </s> in training, so it starts a fresh one
         ids = torch.tensor([[tokenizer.eos_token_id]])
-    options = {k: v for k, v in dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        if model.config.absolute_position_embedding == "learned":  # the last new token is never embedded
+            max_new_tokens = max(1, min(max_new_tokens, model.config.max_position_embeddings - ids.shape[1] + 1))
+    options = {k: v for k, v in dict(max_new_tokens=max_new_tokens, temperature=args.temperature,
                                       top_k=args.top_k, top_p=args.top_p).items() if v is not None}
     if args.greedy:
         options.update(do_sample=False, temperature=None, top_k=None, top_p=None)
@@ -806,8 +829,11 @@ def stage_for_hub(folder: Path, stage: Path, repo_id: str, max_shard_size: str |
             shutil.copy2(folder / name, stage / name)
     if (folder / SUMMARY_FILE).is_file():
         summary = json.loads((folder / SUMMARY_FILE).read_text())
-    (stage / "README.md").write_text(
-        render_card(_card_config(model.config), repo_id, repo_id.rsplit("/", 1)[-1], summary, license=license))
+    try:
+        card = render_card(_card_config(model.config), repo_id, repo_id.rsplit("/", 1)[-1], summary, license=license)
+    except ValueError as err:  # a license recorded in training_summary.json that the card cannot carry
+        raise CLIError(f"{err} (from {folder / SUMMARY_FILE}; pass --license)") from None
+    (stage / "README.md").write_text(card)
     return sorted(p.name for p in stage.iterdir())
 
 
@@ -819,6 +845,7 @@ def push(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     if not args.repo_id.strip(" /"):
         raise CLIError("repo_id is empty: give it as NAME or ORG/NAME.")
+    _check_license(args.license)
     with tempfile.TemporaryDirectory() as scratch:
         stage = Path(scratch)
         files = stage_for_hub(folder, stage, args.repo_id, args.max_shard_size, args.license)

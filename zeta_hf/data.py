@@ -13,25 +13,50 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from transformers import ByT5Tokenizer
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 BUILTIN_CORPORA = ("pydoc", "shakespeare")
 DEFAULT_CORPUS = "pydoc"
 # File suffix -> `datasets` builder.
 _BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _NUM_BYTES = 256
+# ByT5's id layout, kept so that models trained with transformers' `ByT5Tokenizer` keep their meaning: three
+# specials, then byte b at id b + 3, then 125 sentinel ids (unused here, but part of every saved vocabulary).
+BYTE_OFFSET = 3
+_SPECIALS = ("<pad>", "</s>", "<unk>")
+_NUM_SENTINELS = 125
 
 
 class CorpusError(ValueError):
     """A corpus that cannot be used: missing, empty, malformed or too short."""
 
 
-def make_tokenizer() -> ByT5Tokenizer:
-    """ByT5's byte-level tokenizer: ids 0-2 are <pad>, </s>, <unk>; bytes follow; 125 sentinels end at 383.
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer for a causal LM: ids 0-2 are <pad>, </s>, <unk>; byte b is id b + 3; sentinels 259-383.
 
-    It needs no vocabulary file and maps every UTF-8 byte to one token, which makes bits per byte exact.
+    The ids are those of transformers' `ByT5Tokenizer`, but it is a plain `PreTrainedTokenizerFast` (a `tokenizer.json`
+    built with the tokenizers library, no custom code) and, unlike ByT5's seq2seq tokenizer, it adds nothing when
+    encoding: `tokenizer(prompt)` is the prompt's bytes, so a model continues the prompt instead of starting a new
+    document after an appended `</s>`. Documents are still separated by `</s>` in training data (`token_stream`
+    appends it explicitly). Every UTF-8 byte is one token, which makes bits per byte exact; decoding turns byte sequences
+    that are not valid UTF-8 into U+FFFD. Folders saved with the former `ByT5Tokenizer` still load as such.
     """
-    return ByT5Tokenizer()
+    # Byte b -> a printable stand-in character (the GPT-2 byte-level alphabet that `ByteLevel` pre-tokenizes into);
+    # no merges, so every byte stays one token.
+    vocab = {token: i for i, token in enumerate(_SPECIALS)}
+    vocab.update({char: byte + BYTE_OFFSET for byte, char in bytes_to_unicode().items()})
+    sentinels = [f"<extra_id_{i}>" for i in range(_NUM_SENTINELS)]
+    vocab.update({token: BYTE_OFFSET + _NUM_BYTES + i for i, token in enumerate(sentinels)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    # As in ByT5, the literal text of <pad> / </s> / <unk> is read as that token and swallows the spaces around it.
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=True, rstrip=True) for t in _SPECIALS]
+                               + [AddedToken(t, special=True, normalized=False) for t in sentinels])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   extra_special_tokens=sentinels, clean_up_tokenization_spaces=False)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -127,8 +152,12 @@ class LMSplits:
         return eval_loss * self.eval_tokens_per_byte / math.log(2)
 
 
-def token_stream(texts: datasets.Dataset, tokenizer: ByT5Tokenizer) -> np.ndarray:
-    """All documents as one id stream, each followed by </s> so the model learns where a document ends."""
+def token_stream(texts: datasets.Dataset, tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """All documents as one id stream, each followed by </s> so the model learns where a document ends.
+
+    `add_special_tokens=False` and the explicit </s>: the same stream whichever byte-level tokenizer a folder has
+    (ByT5's would otherwise append </s> itself).
+    """
     tokenized = texts.map(
         lambda batch: {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]},
         batched=True,
@@ -145,7 +174,7 @@ def _chunks(ids: np.ndarray, seq_len: int) -> np.ndarray:
 
 def build_splits(
     texts: datasets.Dataset,
-    tokenizer: ByT5Tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     seq_len: int,
     eval_fraction: float = 0.05,
     max_eval_sequences: int | None = None,
@@ -167,7 +196,7 @@ def build_splits(
     if max_eval_sequences is not None:
         held_out = held_out[:max_eval_sequences]
     predicted = held_out[:, 1:]  # the first token of each chunk has no context and is not scored
-    is_byte = (predicted >= tokenizer.offset) & (predicted < tokenizer.offset + _NUM_BYTES)
+    is_byte = (predicted >= BYTE_OFFSET) & (predicted < BYTE_OFFSET + _NUM_BYTES)
     return LMSplits(
         train=datasets.Dataset.from_dict({"input_ids": train}),
         eval=datasets.Dataset.from_dict({"input_ids": held_out}),

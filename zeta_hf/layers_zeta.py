@@ -324,8 +324,11 @@ class ZetaAttention(nn.Module):
         prev_scores: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
+        output_attentions: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> (output, post-softmax weights or None, pre-softmax scores or None). With `output_attentions` the weights
+        are always computed: the eager reference serves this call whatever the configured implementation."""
         b, n, _ = hidden_states.shape
         if context is not None:
             kv_input = context
@@ -360,8 +363,8 @@ class ZetaAttention(nn.Module):
             scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
             attn_output, attn_weights = attend(self, scores, value, dropout)
         else:
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
+            attention_interface: Callable = eager_attention_forward if output_attentions else (
+                ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
             )
             attn_output, attn_weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,

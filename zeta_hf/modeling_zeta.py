@@ -68,20 +68,28 @@ from .positional_zeta import (
 
 @dataclass
 class ZetaModelOutput(BaseModelOutputWithPast):
-    """`BaseModelOutputWithPast` plus Transformer-XL memories (one per attention layer) when asked for."""
+    """`BaseModelOutputWithPast` plus Transformer-XL memories (one per attention layer) and per-branch states.
+
+    `hidden_states` (with `output_hidden_states`) follows transformers: the embedding output, then the output of each
+    block (`block_starts`), the last one final-normed: `num_hidden_layers + 1` tensors. Zeta's finer states come with
+    `output_branch_states`: `branch_states` is the input of every residual branch (`model.layers[i]`) plus the
+    final-normed output, `attention_inputs` the residual stream entering each self-attention layer (memory tokens
+    included, as Transformer-XL memories are).
+    """
 
     mems: list[torch.Tensor] | None = None
     memory_states: torch.Tensor | None = None  # final hidden states of the memory tokens (prefill only)
-    # with output_hidden_states: the residual stream entering each self-attention layer, memory tokens included
+    branch_states: tuple[torch.Tensor, ...] | None = None
     attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class ZetaCausalLMOutput(CausalLMOutputWithPast):
-    """`CausalLMOutputWithPast` plus Transformer-XL memories and the final hidden states."""
+    """`CausalLMOutputWithPast` plus Transformer-XL memories, the final hidden states and per-branch states."""
 
     mems: list[torch.Tensor] | None = None
     last_hidden_state: torch.Tensor | None = None
+    branch_states: tuple[torch.Tensor, ...] | None = None
     attention_inputs: tuple[torch.Tensor, ...] | None = None
 
 
@@ -316,6 +324,26 @@ def static_cache_mask(
     return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
+def block_starts(layer_pattern: tuple[str, ...]) -> tuple[int, ...]:
+    """Index of the first residual layer of each block, for `hidden_states`.
+
+    A block is a self-attention layer with the layers after it up to and including the first feedforward before the
+    next self-attention (`attn, ff` by default; `attn, cross, ff` with cross-attention); where that feedforward is
+    missing, the block ends before the next self-attention. Layers before the first self-attention (macaron's
+    leading half feedforward) open the first block, and the last block runs to the end of the stack. So the default,
+    `cross_attend`, `macaron` and any `block_pattern` with self-attention have `num_hidden_layers` blocks. Without
+    self-attention (`only_cross`), cross-attention layers anchor the blocks; a stack of feedforwards only is one block
+    per layer.
+    """
+    anchor = "attn" if "attn" in layer_pattern else ("cross" if "cross" in layer_pattern else "ff")
+    anchors = [i for i, kind in enumerate(layer_pattern) if kind == anchor]
+    starts = [0]
+    for here, after in zip(anchors, anchors[1:]):
+        ends = [i for i in range(here + 1, after) if layer_pattern[i] == "ff"][:1] or [after - 1]
+        starts.append(ends[0] + 1)
+    return tuple(starts)
+
+
 @dataclass
 class _Layout:
     """Where everything sits on the key axis for one forward call."""
@@ -456,8 +484,11 @@ class ZetaModel(ZetaPreTrainedModel):
         past_seq = layout.past_length - layout.prefix_length if layout.past_length else 0
         return (past_seq + torch.arange(s, device=device))[None]
 
-    def _relative_inputs(self, layout: _Layout, mask: torch.Tensor | None, mem_len: int, device):
-        """Rotary cos/sin for queries and new keys, and the additive attention bias (b | 1, h | 1, i, j) or None."""
+    def _relative_inputs(self, layout: _Layout, mask: torch.Tensor | None, mem_len: int, device, eager: bool = False):
+        """Rotary cos/sin for queries and new keys, and the additive attention bias (b | 1, h | 1, i, j) or None.
+
+        `eager`: attention runs eager in this call whatever the implementation (it returns maps), so causal masking
+        must be an explicit bias."""
         cfg, prefill = self.config, layout.past_length == 0
         n_kv_slots = cfg.num_memory_kv
         seq_pos = layout.prefix_length + self._sequence_positions(layout, mask, device)  # key-axis positions
@@ -483,7 +514,7 @@ class ZetaModel(ZetaPreTrainedModel):
         extra = cfg.extra_key_slots
         needs_mask = padded or self.position_bias is not None or cfg.max_attend_past is not None or (
             layout.num_queries > 1
-            and (extra > 0 or (cfg.is_causal and (kv_len > layout.num_queries or self._eager_like)))
+            and (extra > 0 or (cfg.is_causal and (kv_len > layout.num_queries or self._eager_like or eager)))
         )
         if not needs_mask:
             return rotary, None, None
@@ -575,8 +606,14 @@ class ZetaModel(ZetaPreTrainedModel):
         prepend_embeds: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        output_branch_states: bool = False,
         **kwargs,
     ) -> ZetaModelOutput:
+        """`hidden_states` holds one tensor per block (`block_starts`), `branch_states` one per residual branch.
+
+        `output_attentions=True` returns every attention layer's post-softmax maps (b, h, i, j) under any attention
+        implementation: that call computes attention with the eager reference (sdpa returns no maps).
+        """
         cfg = self.config
         if "past_key_values" in kwargs and cache is None:
             cache = kwargs.pop("past_key_values")
@@ -606,7 +643,7 @@ class ZetaModel(ZetaPreTrainedModel):
             and input_ids.shape[1] == 1
             and not self.training
             and all(v is None for v in (mems, pos, sum_embeds, prepend_embeds, encoder_hidden_states))
-            and not (output_attentions or output_hidden_states or output_mems)
+            and not (output_attentions or output_hidden_states or output_mems or output_branch_states)
             and not torch.compiler.is_compiling()
             # last: it syncs, and a call that goes on to the generic forward would check the mask there again
             and (attention_mask is None or self._mask_keeps_all(
@@ -675,7 +712,7 @@ class ZetaModel(ZetaPreTrainedModel):
             if self.rotary_emb is not None:
                 rotary = (self.rotary_emb(position_ids, 0),) * 2
         else:
-            rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device)
+            rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device, eager=bool(output_attentions))
         query_keep = None
         if mask is not None:
             rows = mask[:, -(layout.num_queries - (cfg.num_memory_tokens if prefill else 0)):]
@@ -687,31 +724,35 @@ class ZetaModel(ZetaPreTrainedModel):
         )
 
         n_mem_tok = cfg.num_memory_tokens if prefill else 0
-        all_hidden, all_attn, layer_inputs = [], [], []
+        all_hidden, all_branch, all_attn, layer_inputs = [], [], [], []
+        starts = set(block_starts(cfg.layer_pattern)) if output_hidden_states else ()
         prev_scores = prev_cross_scores = None
         outer_residual = x * cfg.resi_dual_scale if cfg.norm_placement == "resi_dual" else None
-        for layer in self.layers:
+        for idx, layer in enumerate(self.layers):
+            if idx in starts:  # before stochastic depth: one state per block, whichever layers run
+                all_hidden.append(x[:, n_mem_tok:])
             if self.training and cfg.layer_dropout > 0 and torch.rand(()) < cfg.layer_dropout:
                 continue  # stochastic depth
-            if output_hidden_states:
-                all_hidden.append(x[:, n_mem_tok:])
+            if output_branch_states:
+                all_branch.append(x[:, n_mem_tok:])
             if layer.kind == "attn":
-                if output_mems or output_hidden_states:  # kept alive only when asked for: depth x (b, n, d)
+                if output_mems or output_branch_states:  # kept alive only when asked for: depth x (b, n, d)
                     layer_inputs.append(x)
                 mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
                 x, branch, weights, scores = layer(x, attn_bias, query_keep, prev_scores, cache=cache, rotary=rotary,
-                                                   mem=mem, prefill=prefill, position_bias=raw_bias)
+                                                   mem=mem, prefill=prefill, position_bias=raw_bias,
+                                                   output_attentions=output_attentions)
                 prev_scores = scores if cfg.residual_attn else None
             elif layer.kind == "cross":
                 x, branch, weights, scores = layer(x, cross_mask, query_keep, prev_cross_scores, encoder_hidden_states,
-                                                   cache=cache)
+                                                   cache=cache, output_attentions=output_attentions)
                 prev_cross_scores = scores if cfg.cross_residual_attn else None
             else:
                 x, branch, weights, _ = layer(x, None, query_keep, cache=cache)
             if outer_residual is not None:
                 outer_residual = outer_residual + branch * cfg.resi_dual_scale
             if output_attentions and layer.kind != "ff":
-                all_attn.append(None if weights is None else weights[:, :, n_mem_tok:])
+                all_attn.append(weights[:, :, n_mem_tok:])
         x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
 
         new_mems = None
@@ -725,8 +766,8 @@ class ZetaModel(ZetaPreTrainedModel):
                 new_mems.append(hidden.detach())
 
         memory_states, x = x[:, :n_mem_tok], x[:, n_mem_tok:]
-        if output_hidden_states:
-            all_hidden.append(x)
+        all_hidden.append(x)
+        all_branch.append(x)
         return ZetaModelOutput(
             last_hidden_state=x,
             cache=cache if use_cache else None,
@@ -734,7 +775,8 @@ class ZetaModel(ZetaPreTrainedModel):
             attentions=tuple(all_attn) if output_attentions else None,
             mems=new_mems,
             memory_states=memory_states if n_mem_tok else None,
-            attention_inputs=tuple(layer_inputs) if output_hidden_states else None,
+            branch_states=tuple(all_branch) if output_branch_states else None,
+            attention_inputs=tuple(layer_inputs) if output_branch_states else None,
         )
 
     # ---- the lean decode step ----
@@ -880,10 +922,12 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             if prompt is not None and prompt.dim() == 2:
                 mask = kwargs.get("attention_mask")
                 longest = int(mask.sum(-1).max()) if mask is not None else prompt.shape[1]
-                if max_new is None:
-                    max_new = kwargs.get("max_length", gen.max_length) - prompt.shape[1]
+                max_length = kwargs.get("max_length", gen.max_length)
+                if max_new is None and max_length is not None:
+                    max_new = max_length - prompt.shape[1]
                 # the last new token is sampled, never embedded: the highest embedded position is longest + max_new - 2
-                if longest + max_new - 1 > self.config.max_position_embeddings:
+                # (no length at all: transformers' default stops within `max_position_embeddings` by itself)
+                if max_new is not None and longest + max_new - 1 > self.config.max_position_embeddings:
                     raise ValueError(
                         f"Generating {max_new} new tokens after a prompt of {longest} would embed position "
                         f"{longest + max_new - 2}, past the learned absolute position table "
@@ -938,6 +982,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         prepend_embeds: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        output_branch_states: bool = False,
         **kwargs,
     ) -> ZetaCausalLMOutput | tuple:
         if "past_key_values" in kwargs and cache is None:
@@ -958,6 +1003,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             prepend_embeds=prepend_embeds,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
+            output_branch_states=output_branch_states,
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -973,6 +1019,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             mems=outputs.mems,
             last_hidden_state=hidden,
+            branch_states=outputs.branch_states,
             attention_inputs=outputs.attention_inputs,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict

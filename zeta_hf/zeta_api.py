@@ -293,7 +293,7 @@ class ZetaIntermediates:
 
     hiddens: list[torch.Tensor]  # residual stream entering each attention layer (memory tokens included)
     attn_maps: list[torch.Tensor] | None  # post-softmax attention per attention layer (b, h, i, j)
-    layer_hiddens: tuple[torch.Tensor, ...] | None  # hidden states after the embedding and after every layer
+    layer_hiddens: tuple[torch.Tensor, ...] | None  # input of every residual branch, then the final-normed output
 
 
 class Transformer(nn.Module):
@@ -337,28 +337,20 @@ class Transformer(nn.Module):
     ):
         if kwargs:
             _reject_unknown("Transformer.forward", kwargs, FORWARD_OPTIONS)
-        want_attn = return_attn or return_intermediates
-        previous = self.model.config._attn_implementation
-        if want_attn and previous != "eager":
-            self.model.set_attn_implementation("eager")  # only eager attention exposes the maps
-        try:
-            out = self.model(
-                input_ids=x,
-                attention_mask=mask,
-                use_cache=False,
-                mems=mems,
-                output_mems=return_mems or return_intermediates,
-                output_attentions=want_attn,
-                output_hidden_states=return_intermediates,
-                pos=pos,
-                prepend_embeds=prepend_embeds,
-                sum_embeds=sum_embeds,
-                encoder_hidden_states=context,
-                encoder_attention_mask=context_mask,
-            )
-        finally:
-            if want_attn and previous != "eager":
-                self.model.set_attn_implementation(previous)
+        out = self.model(
+            input_ids=x,
+            attention_mask=mask,
+            use_cache=False,
+            mems=mems,
+            output_mems=return_mems or return_intermediates,
+            output_attentions=return_attn or return_intermediates,  # maps come from eager attention, for this call
+            output_branch_states=return_intermediates,  # Zeta's intermediates are per branch, not per block
+            pos=pos,
+            prepend_embeds=prepend_embeds,
+            sum_embeds=sum_embeds,
+            encoder_hidden_states=context,
+            encoder_attention_mask=context_mask,
+        )
         if return_logits_and_embeddings:
             result = (out.logits, out.last_hidden_state)
         elif return_embeddings:
@@ -367,7 +359,7 @@ class Transformer(nn.Module):
             result = out.logits
         if return_intermediates:
             return result, ZetaIntermediates(
-                hiddens=list(out.attention_inputs), attn_maps=list(out.attentions), layer_hiddens=out.hidden_states
+                hiddens=list(out.attention_inputs), attn_maps=list(out.attentions), layer_hiddens=out.branch_states
             )
         if return_mems:
             return result, out.mems
