@@ -6,7 +6,8 @@
     zeta-hf convert --checkpoint model.pt --kwargs kwargs.json --output-dir converted
     zeta-hf push zeta-hf-model my-org/my-model --max-shard-size 200MB
 
-Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on CPU, NCCL on GPUs).
+Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on CPU, NCCL on GPUs); sharded:
+`accelerate launch --config_file fsdp.yaml -m zeta_hf.cli train ...` (FSDP2, also on CPU; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -318,7 +320,7 @@ def check_resume_layout(checkpoint: Path, trainer: Trainer) -> None:
     if found != expected:
         describe = {"plain": "a checkpoint without FSDP", "fsdp-full": "an FSDP FULL_STATE_DICT checkpoint",
                     "fsdp-sharded": "an FSDP SHARDED_STATE_DICT checkpoint"}
-        raise CLIError(f"--resume: {checkpoint} is {describe[found]}, but this run saves {describe[expected]}s; "
+        raise CLIError(f"--resume: {checkpoint} is {describe[found]}, but this run would save {describe[expected]}; "
                        "resume it with the launcher and FSDP settings that wrote it.")
 
 
@@ -720,8 +722,10 @@ def _make_trainer(args: argparse.Namespace, config: ZetaConfig, tokenizer, train
 
 def _command_line() -> str:
     """How this run was started, for the model card."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        launcher = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", "?"), "-m", "zeta_hf.cli"]
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        nodes = ["--nnodes", str(world // local)] if world > local else []
+        launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), "-m", "zeta_hf.cli"]
     elif Path(sys.argv[0]).name == "zeta-hf":
         launcher = ["zeta-hf"]
     else:
@@ -930,6 +934,9 @@ def _quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()  # per-save "Writing model shards" bars; the training bar stays
+    # FSDP2 warns once per layer and process that a layer returns a view, in case the caller writes into it in place;
+    # the model never does (its FSDP run matches DDP step by step: tests/test_distributed.py).
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
 
 
 def main(argv: list[str] | None = None) -> None:
