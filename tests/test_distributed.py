@@ -40,8 +40,8 @@ COMMON = ["--preset", "tiny", "--set", "hidden_size=32", "--set", "num_hidden_la
           "--seq-len", "32", "--batch-size", "4", "--max-eval-sequences", "4", "--warmup-steps", "2",
           "--max-steps", str(STEPS), "--save-steps", "4", "--eval-steps", "0", "--logging-steps", "1", "--seed", "3"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-# FSDP vs DDP, and two launchers vs one: see docs/distributed.md for why these are not bit-identical (FSDP) or are
-# expected to be (same computation, another rendezvous).
+# FSDP vs DDP: not bit-identical, the gradients are summed in another order (docs/distributed.md). Measured: equal
+# losses, weights within 1.2e-7; the margin is for other machines, thread counts and library versions.
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
 
 
@@ -171,15 +171,23 @@ def test_fsdp_matches_ddp_step_by_step(fsdp_run, ddp_run):
 
 def _kill_run(proc: subprocess.Popen) -> None:
     """SIGKILL to the launcher and every process it started, as when the machine goes away."""
-    family = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
-    for pid in reversed(family):  # workers first: a launcher that outlived them would tear them down gently
+    launcher = psutil.Process(proc.pid)
+    family = [*launcher.children(recursive=True), launcher]  # workers first: a launcher would stop them gently
+    for member in family:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            member.kill()
+        except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=30)
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                   for pid in family)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not [p for p in alive if _running(p)], alive
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE  # a zombie is dead, only not yet reaped
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_fsdp_resume_after_sigkill_matches_the_uninterrupted_run(fsdp_run, tmp_path):
@@ -291,6 +299,7 @@ def test_two_launchers_as_two_nodes_match_one_launcher(ddp_run, tmp_path):
     assert [p.returncode for p in launchers] == [0, 0], "\n".join(logs)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["world_size"] == 2
-    assert step_losses(out) == pytest.approx(step_losses(ddp_run), rel=1e-6, abs=0)
-    assert max_abs_diff(out, ddp_run) < 1e-6
-    assert digests(out)[0] == digests(out)[1]
+    # Bit for bit: the same computation, only the rendezvous differs (with two processes the gradient reduction is
+    # one addition, the same whichever process the rendezvous makes rank 0).
+    assert step_losses(out) == step_losses(ddp_run)
+    assert digests(out) == digests(ddp_run) == [weights_digest(ZetaForCausalLM.from_pretrained(out))] * 2
