@@ -2,7 +2,7 @@
 
 The launch commands and the FSDP config are the ones docs/distributed.md shows (the YAML is read from it). Runs
 that several tests compare against are made once per test session, also under pytest-xdist (a file lock in the
-session's shared temporary folder), so the file costs about seven short 2-process trainings.
+session's shared temporary folder), so the file costs six short 2-process trainings.
 """
 
 from __future__ import annotations

@@ -315,7 +315,8 @@ def missing_checkpoint_files(checkpoint: Path, world_size: int) -> list[str]:
 def check_resume_layout(checkpoint: Path, trainer: Trainer) -> None:
     """Refuse a checkpoint written under another sharding (FSDP or not, full or sharded state): it would not load."""
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
-    expected = "plain" if plugin is None else "fsdp-sharded" if "SHARDED" in str(plugin.state_dict_type) else "fsdp-full"
+    expected = ("plain" if plugin is None
+                else "fsdp-sharded" if "SHARDED" in str(plugin.state_dict_type) else "fsdp-full")
     found = checkpoint_layout(checkpoint)
     if found != expected:
         describe = {"plain": "a checkpoint without FSDP", "fsdp-full": "an FSDP FULL_STATE_DICT checkpoint",
