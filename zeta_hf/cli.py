@@ -6,7 +6,8 @@
     zeta-hf convert --checkpoint model.pt --kwargs kwargs.json --output-dir converted
     zeta-hf push zeta-hf-model my-org/my-model --max-shard-size 200MB
 
-Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on CPU, NCCL on GPUs).
+Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on CPU, NCCL on GPUs); sharded:
+`accelerate launch --config_file fsdp.yaml -m zeta_hf.cli train ...` (FSDP2, also on CPU; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
 import datasets
 import torch
 import transformers
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
@@ -284,9 +288,28 @@ def _checkpoint_step(path: Path) -> int:
         return -1
 
 
+# Weights and optimizer state of a checkpoint, by who wrote it: the Trainer itself (one process or DDP), FSDP with
+# FULL_STATE_DICT (gathered files), FSDP with SHARDED_STATE_DICT (torch.distributed.checkpoint folders, whose
+# .metadata is written last, once every process has written its shard).
+CHECKPOINT_LAYOUTS = {
+    "plain": ("model.safetensors", "optimizer.pt"),
+    "fsdp-full": ("pytorch_model_fsdp.bin", "optimizer.bin"),
+    "fsdp-sharded": ("pytorch_model_fsdp_0/.metadata", "optimizer_0/.metadata"),
+}
+
+
+def checkpoint_layout(checkpoint: Path) -> str:
+    """Which of CHECKPOINT_LAYOUTS wrote `checkpoint` (judged by what has started to appear in it)."""
+    if (checkpoint / "pytorch_model_fsdp_0").is_dir() or (checkpoint / "optimizer_0").is_dir():
+        return "fsdp-sharded"
+    if (checkpoint / "pytorch_model_fsdp.bin").exists() or (checkpoint / "optimizer.bin").exists():
+        return "fsdp-full"
+    return "plain"
+
+
 def missing_checkpoint_files(checkpoint: Path, world_size: int) -> list[str]:
     """What a checkpoint lacks to resume exactly; a run killed while saving leaves some of these out."""
-    needed = ["model.safetensors", "optimizer.pt", "scheduler.pt"]
+    needed = [*CHECKPOINT_LAYOUTS[checkpoint_layout(checkpoint)], "scheduler.pt"]
     needed += [f"rng_state_{i}.pth" for i in range(world_size)] if world_size > 1 else ["rng_state.pth"]
     missing = [name for name in needed if not (checkpoint / name).is_file()]
     try:  # written last by the Trainer, so a parseable one means the main process finished this checkpoint
@@ -294,6 +317,19 @@ def missing_checkpoint_files(checkpoint: Path, world_size: int) -> list[str]:
     except (OSError, ValueError):
         missing.insert(0, "trainer_state.json")
     return missing
+
+
+def check_resume_layout(checkpoint: Path, trainer: Trainer) -> None:
+    """Refuse a checkpoint written under another sharding (FSDP or not, full or sharded state): it would not load."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    expected = ("plain" if plugin is None
+                else "fsdp-sharded" if "SHARDED" in str(plugin.state_dict_type) else "fsdp-full")
+    found = checkpoint_layout(checkpoint)
+    if found != expected:
+        describe = {"plain": "a checkpoint without FSDP", "fsdp-full": "an FSDP FULL_STATE_DICT checkpoint",
+                    "fsdp-sharded": "an FSDP SHARDED_STATE_DICT checkpoint"}
+        raise CLIError(f"--resume: {checkpoint} is {describe[found]}, but this run would save {describe[expected]}; "
+                       "resume it with the launcher and FSDP settings that wrote it.")
 
 
 def find_resume_checkpoint(output_dir: Path, world_size: int, notify: bool) -> Path | None:
@@ -405,6 +441,49 @@ class ZetaTrainer(Trainer):
         super().__init__(*args, train_dataset=splits.train, eval_dataset=splits.eval, **kwargs)
         self.splits = splits
         self.debug_nan_step: int | None = None  # test aid: pretend the loss of this step is NaN
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator, with FSDP also on CPU processes (gloo).
+
+        accelerate (1.16) turns a requested FSDP plugin (`accelerate launch` with an FSDP config, or the Trainer's
+        `fsdp` argument) into FSDP only on accelerators; on CPU processes it silently trains with DDP instead.
+        PyTorch's FSDP2 (`fully_shard`) runs over gloo, so the request is carried out here as accelerate would on
+        GPUs: same plugin, same preparation, checkpoints and saving code.
+        """
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if self.is_fsdp_enabled or not fsdp_requested(self.args) or state.distributed_type != DistributedType.MULTI_CPU:
+            return
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin(**(self.args.fsdp_plugin_args or {}))  # else read from accelerate's env
+        if state.mixed_precision != "no":
+            plugin.set_mixed_precision(state.mixed_precision)
+        state.fsdp_plugin = plugin
+        state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; under FSDP with sharded checkpoints the final folder still holds the whole model.
+
+        With `SHARDED_STATE_DICT` the Trainer writes a checkpoint's weights as per-process shards (no gather, so it
+        scales) and a final save writes no model at all. Here a checkpoint also gets config.json (so `--resume` can
+        check the architecture), and the final save gathers the full weights into one `save_pretrained` folder.
+        """
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        if plugin is None or "SHARDED" not in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        if _internal_call:  # a checkpoint: the weights follow as distributed-checkpoint shards
+            if self.args.should_save:
+                model.config.save_pretrained(output_dir)
+            return
+        state_dict = self.accelerator.get_state_dict(self.model)  # a gather every process takes part in
+        model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
 
     def training_step(self, model, inputs, *args, **kwargs) -> torch.Tensor:
         """One micro-batch; a NaN / inf loss stops the run with a one-line error naming the step (all ranks agree)."""
@@ -528,6 +607,11 @@ def _has_accelerator() -> bool:
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
+def fsdp_requested(training_args: TrainingArguments) -> bool:
+    """Whether this run asked for FSDP: the Trainer's `fsdp` argument, or `accelerate launch` with an FSDP config."""
+    return training_args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 def _training_arguments(args: argparse.Namespace):
     return TrainingArguments(
         # Without an accelerator, say the CPU is meant: otherwise transformers runs torchrun's processes as
@@ -584,6 +668,8 @@ def train(args: argparse.Namespace) -> None:
     splits = build_splits(load_corpus(args.corpus), tokenizer, args.seq_len, args.eval_fraction,
                           args.max_eval_sequences)
     trainer = _make_trainer(args, config, tokenizer, training_args, splits)
+    if checkpoint:
+        check_resume_layout(checkpoint, trainer)
     before = _evaluate_untrained(trainer)
     if is_main:
         print(f"before training  held-out loss {before['eval_loss']:.4f}  {before['eval_bits_per_byte']:.3f} bits/byte  "
@@ -653,8 +739,10 @@ def _make_trainer(args: argparse.Namespace, config: ZetaConfig, tokenizer, train
 
 def _command_line() -> str:
     """How this run was started, for the model card."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        launcher = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", "?"), "-m", "zeta_hf.cli"]
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        nodes = ["--nnodes", str(world // local)] if world > local else []
+        launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), "-m", "zeta_hf.cli"]
     elif Path(sys.argv[0]).name == "zeta-hf":
         launcher = ["zeta-hf"]
     else:
@@ -874,6 +962,9 @@ def _quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()  # per-save "Writing model shards" bars; the training bar stays
+    # FSDP2 warns once per layer and process that a layer returns a view, in case the caller writes into it in place;
+    # the model never does (its FSDP run matches DDP step by step: tests/test_distributed.py).
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
 
 
 def main(argv: list[str] | None = None) -> None:

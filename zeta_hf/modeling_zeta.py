@@ -123,6 +123,17 @@ class ZetaPreTrainedModel(PreTrainedModel):
             "AutoConfig": "configuration_zeta.ZetaConfig",
             **{auto: f"modeling_zeta.{model_class.__name__}" for auto, model_class in AUTO_CLASSES.items()},
         }
+        fsdp = sys.modules.get("torch.distributed.fsdp")  # imported by whoever sharded the model
+        if fsdp is not None and isinstance(self, getattr(fsdp, "FSDPModule", ())):
+            # FSDP2's fully_shard swaps the class for one it generates (FSDPZetaForCausalLM, defined in torch), and
+            # transformers would save torch's source file as this model's code and name it in auto_map. Save as the
+            # defining class, swapped back the way fully_shard swapped it.
+            sharded_class = type(self)
+            self.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, fsdp.FSDPModule))
+            try:
+                return self.save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         target = os.path.abspath(os.fspath(save_directory))
         if not is_main_process or os.path.isfile(target) or getattr(self, "_tp_size", None):
             # other ranks, tensor parallelism, and the "not a folder" error: transformers' own behaviour
