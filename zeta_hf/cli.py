@@ -209,6 +209,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cb-max-batch-tokens", type=int, default=None,
                    help="tokens per batch step (continuous batching)")
     p.add_argument("--log-level", default="info", help="server log level (default: info)")
+    p.add_argument("--log-requests", action="store_true", dest="enable_log_requests",
+                   help="log each request (prompt length, settings, generate or continuous batching)")
     p.add_argument("--default-seed", type=int, default=None, help="torch seed of the model's process")
     p.set_defaults(func=serve_command)
 
@@ -878,7 +880,7 @@ def serve_command(args: argparse.Namespace) -> None:
         raise CLIError(str(err)) from None
     options = {name: getattr(args, name) for name in (
         "host", "port", "continuous_batching", "compile", "device", "dtype", "attn_implementation", "max_model_len",
-        "cb_num_blocks", "cb_block_size", "cb_max_batch_tokens", "log_level", "default_seed")}
+        "cb_num_blocks", "cb_block_size", "cb_max_batch_tokens", "log_level", "enable_log_requests", "default_seed")}
     try:
         serve(args.model, **options)
     except ServeError as err:
