@@ -292,3 +292,24 @@ def test_serve_refuses_continuous_batching_for_an_ineligible_folder(tmp_path, ca
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "--continuous-batching" in error and "num_memory_tokens=2" in error, error
+
+
+def test_streaming_with_a_tokenizer_without_rust_backend_is_a_400_not_a_500():
+    """transformers streams through the tokenizer's `tokenizers` backend; a folder saved with ByT5Tokenizer has none.
+    The engine client refuses such a stream up front (a ValueError, which the app answers with a 400)."""
+    from transformers import ByT5Tokenizer
+    from transformers.cli.serving.utils import GenerationState
+
+    from zeta_hf.serve import ZetaEngineClient
+
+    client = ZetaEngineClient.__new__(ZetaEngineClient)  # no model process: the check runs before one is needed
+    client.processor, client.generation_state = ByT5Tokenizer(), GenerationState()
+    client.model_config, client.generation_config = make_tiny_config(), GenerationConfig()
+    inputs = {"input_ids": torch.tensor([[5, 6, 7]])}
+    with pytest.raises(ValueError, match="ByT5Tokenizer"):
+        client.generate_streaming(inputs, {"max_new_tokens": None})
+    with pytest.raises(ValueError, match="room for at most 61"):  # TINY's context is 64
+        client.generate_streaming(inputs, {"max_new_tokens": 62})
+    kwargs = {"max_new_tokens": None}
+    client.fit_to_context(inputs, kwargs)
+    assert kwargs == {"max_new_tokens": 61}  # no max_tokens: transformers' 1024, shortened to the room left
