@@ -67,14 +67,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_load(folder: Path, mode: str, requests: int, clients: int, prompt_len: int, max_tokens: int,
+def run_load(folder: Path, mode: str, requests: int, clients: int, prompt_len: int, max_tokens: int, threads: int,
              log_path: Path) -> dict[str, Any]:
     """Serve `folder` in `mode`, send the load, stop the server; requests/s, tokens/s and failures."""
     import httpx
     import openai
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(threads)}
     with open(log_path, "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "zeta_hf.cli", "serve", str(folder), "--port", str(port),
                                    "--device", "cpu", *MODES[mode]], stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -151,6 +152,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the server (OMP_NUM_THREADS; default 1: on a shared machine more "
+                        "threads than free cores slow every step down)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -162,7 +166,7 @@ def main() -> None:
             params = save_model(name, size, folder)
             for mode in args.modes:
                 row = run_load(folder, mode, args.requests, args.clients, args.prompt_len, args.max_tokens,
-                               Path(tmp) / f"{name}-{mode}.log")
+                               args.threads, Path(tmp) / f"{name}-{mode}.log")
                 row.update(model=name, params=params)
                 results.append(row)
                 print(json.dumps(row), flush=True)
@@ -171,7 +175,8 @@ def main() -> None:
         return next((r for r in results if r["model"] == model and r["mode"] == mode), None)
 
     print(f"\nsize {args.size} ({size['dim']}x{size['depth']}), {args.requests} requests, {args.clients} clients, "
-          f"prompt {args.prompt_len} + {args.max_tokens} new tokens, {os.cpu_count()} CPUs (shared: noisy)")
+          f"prompt {args.prompt_len} + {args.max_tokens} new tokens, {args.threads} torch thread(s), "
+          f"{os.cpu_count()} CPUs (shared: noisy)")
     print(f"{'model':<7}{'mode':<21}{'req/s':>8}{'tok/s':>9}{'vs llama':>10}{'vs own generate':>17}")
     for row in results:
         llama, own = cell("llama", row["mode"]), cell(row["model"], "generate")
@@ -181,6 +186,7 @@ def main() -> None:
               f"{vs_llama:>10.2f}{vs_own:>17.2f}" + (f"  ({row['failures']} failed)" if row["failures"] else ""))
     if args.out:
         args.out.write_text(json.dumps({"size": args.size, "requests": args.requests, "clients": args.clients,
+                                        "threads": args.threads,
                                         "prompt_len": args.prompt_len, "max_tokens": args.max_tokens,
                                         "results": results}, indent=2) + "\n")
 

@@ -285,6 +285,15 @@ def test_continuous_batching_blockers_name_the_options(overrides):
             assert any(b.startswith(f"{name}=") for b in blockers), (name, blockers)
 
 
+def test_generate_batch_fails_an_ineligible_model_with_the_blockers_named():
+    model = ZetaForCausalLM(make_tiny_config(num_memory_tokens=2, eos_token_id=None, pad_token_id=0)).eval()
+    results = model.generate_batch(
+        [[5, 6, 7]], generation_config=GenerationConfig(max_new_tokens=3, do_sample=False, pad_token_id=0),
+        continuous_batching_config=ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64), progress_bar=False,
+    )
+    assert "num_memory_tokens=2" in str(results["req_0"].error)
+
+
 def test_serve_refuses_continuous_batching_for_an_ineligible_folder(tmp_path, capsys):
     ZetaForCausalLM(make_tiny_config(num_memory_tokens=2)).save_pretrained(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

@@ -741,9 +741,11 @@ class ZetaModel(ZetaPreTrainedModel):
         back from its paged cache (None for flash, which takes the packed lengths in `paged_kwargs`). Nothing here
         depends on a call's layout beyond that: the key axis holds only tokens.
         """
-        if not self.config.supports_continuous_batching:
-            blockers = ", ".join(self.config.continuous_batching_blockers)
-            raise ValueError(f"Continuous batching cannot serve this configuration exactly ({blockers}).")
+        if not getattr(cache, "zeta_checked", False):  # once per cache: the engine keeps it for its lifetime
+            if not self.config.supports_continuous_batching:
+                blockers = ", ".join(self.config.continuous_batching_blockers)
+                raise ValueError(f"Continuous batching cannot serve this configuration exactly ({blockers}).")
+            cache.zeta_checked = True
         x = self.embed(input_ids, None, position_ids)
         rotary = None if self.rotary_emb is None else (self.rotary_emb(position_ids, 0),) * 2
         outer_residual = x * self.config.resi_dual_scale if self.config.norm_placement == "resi_dual" else None
