@@ -145,16 +145,24 @@ MODES = {"generate": (), "continuous_batching": ("--continuous-batching", "--cb-
                                                   "--cb-max-batch-tokens", "256")}
 
 
-@pytest.fixture(scope="module", params=list(MODES), ids=list(MODES))
-def server(request, folders):
-    """A running server per mode: `generate` on the folder with a chat template, continuous batching on the one
-    without (its chat requests check the 4xx for a missing template)."""
-    mode = request.param
-    srv = Server(folders["chat" if mode == "generate" else "plain"], *MODES[mode])
-    request.addfinalizer(srv.stop)
-    srv.mode = mode
-    srv.wait_until_healthy()
-    return srv
+@pytest.fixture(scope="module")
+def servers(request, folders) -> dict[str, Server]:
+    """Both servers, started together (start-up is mostly imports: in parallel it costs one wait, not two):
+    `generate` on the folder with a chat template, continuous batching on the one without (its chat requests check
+    the 4xx for a missing template)."""
+    started = {}
+    for mode, options in MODES.items():
+        started[mode] = Server(folders["chat" if mode == "generate" else "plain"], *options)
+        started[mode].mode = mode
+        request.addfinalizer(started[mode].stop)
+    for srv in started.values():
+        srv.wait_until_healthy()
+    return started
+
+
+@pytest.fixture(params=list(MODES), ids=list(MODES))
+def server(request, servers) -> Server:
+    return servers[request.param]
 
 
 pytestmark = pytest.mark.slow
