@@ -325,7 +325,7 @@ class ZetaAttention(nn.Module):
             attn_output, attn_weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 is_causal=self.is_causal and attention_mask is None and n > 1,
-                **{name: value for name, value in kwargs.items() if name != "is_causal"},  # packed lengths (flash)
+                **{name: arg for name, arg in kwargs.items() if name != "is_causal"},  # packed lengths (flash)
             )
         if self.head_scale is not None:
             attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)
