@@ -87,6 +87,12 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
 
 
+def embedding_provider_name(provider: Any) -> str:
+    """The name config.json records for an embedding provider ("module:qualname"): a label, never imported."""
+    target = provider if hasattr(provider, "__qualname__") else type(provider)  # a function or class, else an instance
+    return f"{getattr(target, '__module__', None)}:{target.__qualname__}"
+
+
 class ZetaConfig(PreTrainedConfig):
     r"""Configuration of a Zeta / x-transformers 1.19 style language model.
 
@@ -262,6 +268,14 @@ class ZetaConfig(PreTrainedConfig):
             )
         return super().from_dict(config_dict, **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """`PreTrainedConfig.to_dict`; a provider object passed to `from_pretrained` through an Auto class lands on
+        the config for a moment, and only its name is ever serialised."""
+        output = super().to_dict()
+        if not isinstance(output.get("embedding_provider"), (str, type(None))):
+            output["embedding_provider"] = embedding_provider_name(output["embedding_provider"])
+        return output
+
     @classmethod
     def option_names(cls) -> set[str]:
         """Every option a user sets: the fields this class adds to `PreTrainedConfig`, plus Zeta's aliases."""
@@ -417,11 +431,12 @@ class ZetaConfig(PreTrainedConfig):
                 f"{self.logits_dim}."
             )
         if self.embedding_provider is not None and (
-            not isinstance(self.embedding_provider, str) or ":" not in self.embedding_provider
+            not isinstance(self.embedding_provider, str) or not self.embedding_provider.strip()
         ):
             raise ValueError(
-                "`embedding_provider` must be an import path 'package.module:factory' naming a callable "
-                f"`(num_tokens, dim) -> nn.Module`, but got {self.embedding_provider!r}."
+                "`embedding_provider` in a configuration is only the name of the provider the model was built with "
+                "(the provider itself is passed in code: `ZetaForCausalLM(config, embedding_provider=...)` or "
+                f"`from_pretrained(path, embedding_provider=...)`), but got {self.embedding_provider!r}."
             )
 
     # --- capabilities, derived once and read by the model and the tests ---------------------------------------
