@@ -37,7 +37,8 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from safetensors.torch import load_file
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 
 from .configuration_zeta import ZetaConfig
 from .data import CorpusError, LMSplits, build_splits, load_corpus, make_tokenizer
@@ -575,7 +576,10 @@ def train(args: argparse.Namespace) -> None:
     # Tokens the checkpoint had already seen: read now, since checkpoint rotation may delete it during training.
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"] if checkpoint else 0
     start = time.time()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint is not None and json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] >= args.max_steps:
+        _restore_finished_run(trainer, checkpoint, is_main)
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.time() - start
     after = _final_evaluation(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -591,6 +595,25 @@ def train(args: argparse.Namespace) -> None:
     state.wait_for_everyone()
     if state.use_distributed:
         state.destroy_process_group()  # a clean exit; torchrun warns about a group left open
+
+
+def _restore_finished_run(trainer, checkpoint: Path, is_main: bool) -> None:
+    """Take the weights and state of a checkpoint that already reached --max-steps, training nothing more.
+
+    transformers' Trainer (5.25) resumed from such a checkpoint still runs one more optimizer step, which would end
+    with other weights than the run that wrote it (and write checkpoint-<max_steps + 1>).
+    """
+    if is_main:
+        print(f"zeta-hf train: {checkpoint.name} already reached --max-steps; saving its model without training.",
+              file=sys.stderr)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    missing, unexpected = model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if model.config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CLIError(f"--resume: {checkpoint}/model.safetensors does not fit the model (missing {missing[:4]}, "
+                       f"unexpected {unexpected[:4]}).")
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def _evaluate_untrained(trainer) -> dict[str, float]:
