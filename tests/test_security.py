@@ -127,8 +127,10 @@ CHILD = textwrap.dedent(
         for loader, load in loaders.items():
             results[f"{loader} <- {name}"] = attempt(load)
     seen = len(events)
-    import xml.dom.minidom  # a control: the hook is live and sees an import of a module not imported before
-    control = events[seen:]
+    # a control: the hook is live and sees the import of a module not imported before
+    fresh = next(name for name in ("tabnanny", "mailbox", "colorsys", "wave") if name not in sys.modules)
+    __import__(fresh)
+    control = [fresh] + events[seen:]
     del events[seen:]
     print("RESULT " + json.dumps({"events": events, "results": results, "control": control}))
     """
@@ -172,7 +174,7 @@ def test_nothing_named_in_a_folder_is_imported_or_run(attack_site, mode, import_
     # (transformers' remote-code question, answered by the empty stdin, may precede the report on its line)
     assert proc.returncode == 0 and "RESULT " in proc.stdout, proc.stdout + proc.stderr
     report = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
-    assert any("xml.dom.minidom" in event for event in report["control"]), report["control"]
+    assert f"import {report['control'][0]}" in report["control"][1:], report["control"]
     assert report["events"] == [], f"imports / code execution while loading: {report['events'][:10]}"
     assert sorted(os.listdir(attack_site / "markers")) == [], "code from the folder or the package ran"
     assert len(report["results"]) >= len(ATTACKS) * 3
