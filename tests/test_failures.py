@@ -381,14 +381,15 @@ def zeta_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     return root / "model.pt", root / "kwargs.json"
 
 
-def test_convert_refuses_an_output_dir_that_is_a_file(zeta_checkpoint, tmp_path, capfd):
+@pytest.mark.parametrize("where,fragment", [("out", "is not a folder"), ("out/model", "is a file")],
+                         ids=["is-a-file", "under-a-file"])
+def test_convert_refuses_an_output_dir_that_is_or_lies_under_a_file(zeta_checkpoint, tmp_path, capfd, where, fragment):
     checkpoint, kwargs = zeta_checkpoint
-    target = tmp_path / "out"
-    target.write_text("my notes")
+    (tmp_path / "out").write_text("my notes")
     result = run_cli(capfd, "convert", "--checkpoint", str(checkpoint), "--kwargs", str(kwargs), "--output-dir",
-                     str(target))
-    assert_one_line_error(result, "convert", "--output-dir", "is not a folder")
-    assert target.read_text() == "my notes"
+                     str(tmp_path / where))
+    assert_one_line_error(result, "convert", "--output-dir", fragment)
+    assert (tmp_path / "out").read_text() == "my notes" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_convert_never_overwrites_a_model_folder_without_overwrite(zeta_checkpoint, tmp_path, capfd):

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import shlex
 import shutil
 import sys
@@ -237,7 +236,8 @@ def _no_space_left(err: BaseException) -> bool:
 def _not_a_state_dict_file(err: BaseException) -> bool:
     """Whether `torch.load(..., weights_only=True)` refused or could not read a file."""
     text = str(err)
-    return isinstance(err, (pickle.UnpicklingError, EOFError)) or "Weights only load failed" in text or (
+    # (pickle's UnpicklingError by name: this package never imports pickle)
+    return type(err).__name__ == "UnpicklingError" or isinstance(err, EOFError) or "Weights only load failed" in text or (
         "PytorchStreamReader" in text)
 
 
@@ -646,8 +646,8 @@ def train(args: argparse.Namespace) -> None:
         if trainer.is_world_process_zero():
             summary = _summary(args, trainer, checkpoint, tokens_before, train_seconds, splits, model, before, after)
             _write_reports(Path(args.output_dir), model, trainer, summary)
-        print(f"Saved the model to {args.output_dir}: held-out bits per byte {before['eval_bits_per_byte']:.3f} "
-              f"before training, {after['eval_bits_per_byte']:.3f} after.")
+            print(f"Saved the model to {args.output_dir}: held-out bits per byte {before['eval_bits_per_byte']:.3f} "
+                  f"before training, {after['eval_bits_per_byte']:.3f} after.")
     state.wait_for_everyone()
     if state.use_distributed:
         state.destroy_process_group()  # a clean exit; torchrun warns about a group left open
@@ -666,7 +666,9 @@ def _writing_errors_in_words(args: argparse.Namespace, checkpoint: Path | None, 
     """A full disk or an unreadable checkpoint file during training becomes one line saying so."""
     try:
         yield
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+    except Exception as err:
+        if not (_no_space_left(err) or (checkpoint is not None and _not_a_state_dict_file(err))):
+            raise
         _close_progress_bar(trainer)
         if _no_space_left(err):
             raise CLIError(f"no space left on device while writing to --output-dir {args.output_dir!r}; free some "

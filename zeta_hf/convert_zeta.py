@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -191,7 +190,9 @@ def load_zeta_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A Zeta state dict saved with `torch.save`, read without running any code in it (`weights_only=True`)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # refused by weights_only, or not a torch file
+    except OSError:
+        raise  # a missing or unreadable file says so itself
+    except Exception as err:  # refused by weights_only (UnpicklingError), or not a torch file at all
         raise ValueError(
             f"--checkpoint {str(path)!r}: file is not a checkpoint written by torch.save of a state dict, so it was "
             f"not loaded (nothing in it was run): {str(err).splitlines()[0] if str(err) else type(err).__name__}"

@@ -374,7 +374,11 @@ class _Layout:
 
 
 class ZetaModel(ZetaPreTrainedModel):
-    """The Zeta Transformer without its head: token ids -> final-normed hidden states (b, n, dim)."""
+    """The Zeta Transformer without its head: token ids -> final-normed hidden states (b, n, dim).
+
+    `embedding_provider` (also taken by every head class and `from_pretrained`) replaces the token embedding: an
+    `nn.Module`, or a factory `(vocab_size, embedding width) -> nn.Module`. The config records only its name.
+    """
 
     def __init__(self, config: ZetaConfig, embedding_provider: EmbeddingProvider | None = None):
         super().__init__(config)
