@@ -211,8 +211,8 @@ def _check_positive(name: str, value: float | None, allow_zero: bool = False) ->
         raise CLIError(f"{name} must be a finite number {bound}, but got {value}.")
 
 
-def _check_output_path(flag: str, path: Path, overwrite: bool) -> None:
-    """An output folder must be creatable, and not replace an existing model unless --overwrite says so."""
+def _check_creatable_folder(flag: str, path: Path) -> None:
+    """A folder that exists, or can be created: not a file, not under a file."""
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
@@ -220,9 +220,6 @@ def _check_output_path(flag: str, path: Path, overwrite: bool) -> None:
             break
     if path.exists() and not path.is_dir():
         raise CLIError(f"{flag} {str(path)!r} exists and is not a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CLIError(f"{flag} {str(path)!r} is not empty; pass --overwrite to replace its contents, or choose "
-                       "another folder.")
 
 
 def _no_space_left(err: BaseException) -> bool:
@@ -406,7 +403,7 @@ def resolve_resume(args: argparse.Namespace, config, world_size: int, is_main: b
 def check_output_dir(args: argparse.Namespace) -> None:
     """Nothing in an existing folder is overwritten unless asked for (--overwrite, or --resume to continue it)."""
     out = Path(args.output_dir)
-    _check_output_path("--output-dir", out, overwrite=True)  # creatable; emptiness is checked below
+    _check_creatable_folder("--output-dir", out)
     if args.overwrite and args.resume:
         raise CLIError("--overwrite and --resume contradict each other: --resume continues the checkpoints that "
                        "--overwrite would discard.")
