@@ -368,14 +368,15 @@ def test_disk_full_while_checkpointing(tmp_path, capfd, monkeypatch):
 
 @pytest.fixture(scope="module")
 def zeta_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    """A Zeta state dict (our converter's own key layout, inverted back is not needed: a depth-1 model) + kwargs."""
+    """An x-transformers 1.19 (= Zeta) state dict of a depth-1 decoder, saved with torch.save, and its kwargs."""
     import x_transformers
 
     root = tmp_path_factory.mktemp("zeta")
-    kwargs = {"num_tokens": 32, "max_seq_len": 16, "attn_layers": {"type": "Decoder", "dim": 32, "depth": 1, "heads": 2}}
+    layers = {"dim": 32, "depth": 1, "heads": 2}
+    kwargs = {"num_tokens": 32, "max_seq_len": 16, "attn_layers": {"type": "Decoder", **layers}}
     torch.manual_seed(0)
-    layers = {k: v for k, v in kwargs["attn_layers"].items() if k != "type"}
-    model = x_transformers.TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=x_transformers.Decoder(**layers))
+    model = x_transformers.TransformerWrapper(num_tokens=32, max_seq_len=16,
+                                              attn_layers=x_transformers.Decoder(**layers))
     torch.save(model.state_dict(), root / "model.pt")
     (root / "kwargs.json").write_text(json.dumps(kwargs))
     return root / "model.pt", root / "kwargs.json"

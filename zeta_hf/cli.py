@@ -234,8 +234,8 @@ def _not_a_state_dict_file(err: BaseException) -> bool:
     """Whether `torch.load(..., weights_only=True)` refused or could not read a file."""
     text = str(err)
     # (pickle's UnpicklingError by name: this package never imports pickle)
-    return type(err).__name__ == "UnpicklingError" or isinstance(err, EOFError) or "Weights only load failed" in text or (
-        "PytorchStreamReader" in text)
+    return (type(err).__name__ == "UnpicklingError" or isinstance(err, EOFError)
+            or "Weights only load failed" in text or "PytorchStreamReader" in text)
 
 
 def _torch_load_state(path: Path, flag: str) -> Any:
@@ -246,8 +246,8 @@ def _torch_load_state(path: Path, flag: str) -> Any:
         if not _not_a_state_dict_file(err):
             raise
         cause = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CLIError(f"{flag}: {str(path)!r} is not a checkpoint written by torch.save of a state dict, so it was not "
-                       f"loaded (nothing in it was run): {cause}") from None
+        raise CLIError(f"{flag}: {str(path)!r} is not a checkpoint written by torch.save of a state dict, so it was "
+                       f"not loaded (nothing in it was run): {cause}") from None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -275,7 +275,8 @@ def build_config(args: argparse.Namespace, tokenizer) -> ZetaConfig:
         except FileNotFoundError:
             raise CLIError(f"--config {args.config!r} does not exist.") from None
         except IsADirectoryError:
-            raise CLIError(f"--config {args.config!r} is a folder; give the JSON file itself (e.g. its config.json).") from None
+            raise CLIError(f"--config {args.config!r} is a folder; give the JSON file itself (e.g. its "
+                           "config.json).") from None
         except OSError as err:
             raise CLIError(f"--config {args.config!r} could not be read: {err.strerror or err}.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -629,7 +630,9 @@ def train(args: argparse.Namespace) -> None:
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"] if checkpoint else 0
     start = time.time()
     with _writing_errors_in_words(args, checkpoint, trainer):
-        if checkpoint is not None and json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] >= args.max_steps:
+        finished = checkpoint is not None and json.loads(
+            (checkpoint / "trainer_state.json").read_text())["global_step"] >= args.max_steps
+        if finished:
             _restore_finished_run(trainer, checkpoint, is_main)
         else:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -637,7 +640,8 @@ def train(args: argparse.Namespace) -> None:
         after = _final_evaluation(trainer)
         model = trainer.accelerator.unwrap_model(trainer.model)
         if args.weights_digest_file:
-            Path(f"{args.weights_digest_file}.rank{training_args.process_index}").write_text(weights_digest(model) + "\n")
+            digest_file = Path(f"{args.weights_digest_file}.rank{training_args.process_index}")
+            digest_file.write_text(weights_digest(model) + "\n")
         model.config.use_cache = True  # the Trainer turned it off for training; generation wants it back
         trainer.save_model(args.output_dir)
         if trainer.is_world_process_zero():
@@ -883,7 +887,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     seq_len = args.seq_len if args.seq_len is not None else (
         trained.get("seq_len") or min(256, model.config.max_position_embeddings))
     eval_fraction = args.eval_fraction if args.eval_fraction is not None else trained.get("eval_fraction", 0.05)
-    max_sequences = args.max_eval_sequences if args.max_eval_sequences is not None else trained.get("max_eval_sequences")
+    max_sequences = (args.max_eval_sequences if args.max_eval_sequences is not None
+                     else trained.get("max_eval_sequences"))
     _check_positive("--batch-size", args.batch_size)
     _check_positive("--max-eval-sequences", max_sequences)
     if seq_len < 2:

@@ -337,7 +337,8 @@ class ZetaConfig(PreTrainedConfig):
     def approximate_num_parameters(self) -> int:
         """A quick upper estimate of the parameter count, from the sizes alone (nothing is allocated)."""
         h, d, vd = self.num_attention_heads, self.head_dim, self.value_dim
-        attention = self.hidden_size * (h * d + 2 * self.num_key_value_heads * max(d, vd) + h * vd) + h * vd * self.hidden_size
+        kv = self.num_key_value_heads
+        attention = self.hidden_size * (h * d + 2 * kv * max(d, vd) + h * vd) + h * vd * self.hidden_size
         feedforward = 3 * self.hidden_size * self.intermediate_size
         per_layer = {"attn": attention, "cross": attention, "ff": feedforward}
         body = sum(per_layer[kind] for kind in self.layer_pattern)
@@ -348,7 +349,8 @@ class ZetaConfig(PreTrainedConfig):
         layers = len(self.block_pattern) if self.block_pattern is not None else self.num_hidden_layers
         if layers > MAX_LAYERS:
             raise ValueError(
-                f"`num_hidden_layers` ({layers}) exceeds the limit of {MAX_LAYERS} layers; is the configuration damaged?"
+                f"`num_hidden_layers` ({layers}) exceeds the limit of {MAX_LAYERS} layers; is the configuration "
+                "damaged?"
             )
         estimate = self.approximate_num_parameters()
         if estimate > MAX_PARAMETERS:

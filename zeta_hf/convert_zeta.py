@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="torch.save'd state dict of the Zeta Transformer")
     parser.add_argument("--kwargs", required=True, help="JSON file with the Transformer constructor kwargs")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--overwrite", action="store_true", help="allow replacing the model in a non-empty --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow replacing the model in a non-empty --output-dir")
     args = parser.parse_args(argv)
     check_output_dir(Path(args.output_dir), args.overwrite)
     state = load_zeta_state_dict(args.checkpoint)

@@ -205,14 +205,14 @@ class ZetaPreTrainedModel(PreTrainedModel):
             return first if first in cls._head_modules else None
 
         own_keys = set(model.state_dict())
+        own_heads = {head_of(k) for k in own_keys} - {None}
         missing = set(info.get("missing_keys") or ())
         for head in cls._heads_trained_after_loading:
             head_keys = {k for k in own_keys if head_of(k) == head}
             if head_keys and head_keys <= missing:  # the whole head is new: trained after loading
                 missing -= head_keys
-        # a weight of another head (the checkpoint's class had it, this one has none) is not this model's
-        unexpected = {k for k in info.get("unexpected_keys") or () if head_of(k) is None or head_of(k) in {
-            head_of(o) for o in own_keys}}
+        # a weight of a head this class does not have (the checkpoint's class had it) is simply not this model's
+        unexpected = {k for k in info.get("unexpected_keys") or () if head_of(k) is None or head_of(k) in own_heads}
         mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
         problems = []
         for kind, keys in (("missing", missing), ("unexpected", unexpected),
