@@ -196,7 +196,7 @@ INVALID = [
     ("sinusoidal-with-t5", dict(absolute_position_embedding="scaled_sinusoidal", position_embedding="t5"),
      ["absolute_position_embedding", "'scaled_sinusoidal'", "'t5'"]),
     ("sinusoidal-odd-width", dict(position_embedding="scaled_sinusoidal", embedding_dim=33), ["embedding_dim", "33"]),
-    ("provider-not-a-path", dict(embedding_provider="not_a_path"), ["embedding_provider", "'not_a_path'"]),
+    ("provider-not-a-name", dict(embedding_provider=""), ["embedding_provider", "''"]),
     ("unknown-kwarg", dict(qk_normm=True), ["qk_normm", "qk_norm"]),
     ("unknown-zeta-kwarg", dict(rotary_pos_emb=True), ["rotary_pos_emb"]),
     ("two-unknown-kwargs", dict(dimm=64, headz=4), ["dimm", "headz"]),

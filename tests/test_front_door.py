@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ CREATED_EMBEDDINGS: list[nn.Module] = []
 
 
 def make_embedding(num_tokens: int, dim: int) -> nn.Module:
-    """An embedding provider factory `(num_tokens, dim) -> nn.Module`, importable by path."""
+    """An embedding provider factory `(num_tokens, dim) -> nn.Module`."""
     embedding = nn.Embedding(num_tokens, dim)
     CREATED_EMBEDDINGS.append(embedding)
     return embedding
@@ -238,33 +237,35 @@ def test_embedding_provider_callable_factory_is_used(tmp_path):
     assert hf.model.embed_tokens is CREATED_EMBEDDINGS[-1]
     assert hf.get_input_embeddings() is CREATED_EMBEDDINGS[-1]
     assert CREATED_EMBEDDINGS[-1].weight.shape == (40, 32)
+    # the config records the provider's name only, as a label: it is never imported
+    assert t.config.embedding_provider == f"{make_embedding.__module__}:make_embedding"
 
-    path = t.config.embedding_provider
-    assert isinstance(path, str)
-    assert path == f"{make_embedding.__module__}:make_embedding"
-    module_name, _, attr = path.partition(":")
-    assert getattr(importlib.import_module(module_name), attr) is make_embedding
-
-    # the import path survives save / load and rebuilds the same model
+    # the weights are saved with the model; loading needs the provider passed in code, and reproduces the logits
     hf.save_pretrained(tmp_path)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert loaded.config.embedding_provider == path
-    assert loaded.model.embed_tokens is CREATED_EMBEDDINGS[-1]
-    ids = torch.randint(0, 40, (1, 6))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, t(ids), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="never imports code named in a config file"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    for loader in (AutoModelForCausalLM, ZetaForCausalLM):
+        loaded = loader.from_pretrained(tmp_path, embedding_provider=make_embedding)
+        assert loaded.model.embed_tokens is CREATED_EMBEDDINGS[-1]
+        assert loaded.config.embedding_provider == t.config.embedding_provider
+        ids = torch.randint(0, 40, (1, 6))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids).logits, t(ids), rtol=0, atol=0)
 
 
-def test_embedding_provider_as_import_path_string():
+def test_embedding_provider_as_a_module_instance():
+    embedding = nn.Embedding(32, 32)
+    t = build(embedding_provider=embedding)
+    assert t.to_hf().model.embed_tokens is embedding
+    assert t.config.embedding_provider == "torch.nn.modules.sparse:Embedding"
+
+
+def test_embedding_provider_as_import_path_string_is_refused():
     path = f"{make_embedding.__module__}:make_embedding"
-    t = build(embedding_provider=path)
-    assert t.config.embedding_provider == path
-    assert t.to_hf().model.embed_tokens is CREATED_EMBEDDINGS[-1]
-
-
-def test_embedding_provider_that_cannot_be_imported():
-    with pytest.raises(ValueError, match="no_such_module_zeta"):
-        build(embedding_provider="no_such_module_zeta:factory")
+    before = len(CREATED_EMBEDDINGS)
+    with pytest.raises(ValueError, match="never imports code by name"):
+        build(embedding_provider=path)
+    assert len(CREATED_EMBEDDINGS) == before
 
 
 def test_hf_model_is_a_zeta_for_causal_lm():

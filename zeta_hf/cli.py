@@ -13,7 +13,9 @@ Multi-process: `torchrun --nproc_per_node 2 -m zeta_hf.cli train ...` (gloo on C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import errno
 import hashlib
 import json
 import math
@@ -35,13 +37,16 @@ from accelerate.utils import DistributedType
 from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
+    GenerationConfig,
     TextStreamer,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 
 from .chat import add_chat_template
 from .configuration_zeta import ZetaConfig
@@ -237,9 +242,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+    if value is not None and (not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)):
         bound = ">= 0" if allow_zero else "> 0"
-        raise CLIError(f"{name} must be {bound}, but got {value}.")
+        raise CLIError(f"{name} must be a finite number {bound}, but got {value}.")
+
+
+def _check_creatable_folder(flag: str, path: Path) -> None:
+    """A folder that exists, or can be created: not a file, not under a file."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{flag} {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder.")
+            break
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} exists and is not a folder.")
+
+
+def _no_space_left(err: BaseException) -> bool:
+    """Whether an exception means the disk is full (torch's zip writer only says "file write failed")."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left" in text or ("inline_container" in text and ("write" in text or "unexpected pos" in text))
+
+
+def _not_a_state_dict_file(err: BaseException) -> bool:
+    """Whether `torch.load(..., weights_only=True)` refused or could not read a file."""
+    text = str(err)
+    # (pickle's UnpicklingError by name: this package never imports pickle)
+    return (type(err).__name__ == "UnpicklingError" or isinstance(err, EOFError)
+            or "Weights only load failed" in text or "PytorchStreamReader" in text)
+
+
+def _torch_load_state(path: Path, flag: str) -> Any:
+    """`torch.load` without running code (weights_only), its failure worded for a person."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if not _not_a_state_dict_file(err):
+            raise
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CLIError(f"{flag}: {str(path)!r} is not a checkpoint written by torch.save of a state dict, so it was "
+                       f"not loaded (nothing in it was run): {cause}") from None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -266,6 +310,11 @@ def build_config(args: argparse.Namespace, tokenizer) -> ZetaConfig:
             loaded = json.loads(path.read_text())
         except FileNotFoundError:
             raise CLIError(f"--config {args.config!r} does not exist.") from None
+        except IsADirectoryError:
+            raise CLIError(f"--config {args.config!r} is a folder; give the JSON file itself (e.g. its "
+                           "config.json).") from None
+        except OSError as err:
+            raise CLIError(f"--config {args.config!r} could not be read: {err.strerror or err}.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CLIError(f"--config {args.config!r} is not valid JSON: {err}.") from None
         if not isinstance(loaded, dict):
@@ -286,6 +335,13 @@ def build_config(args: argparse.Namespace, tokenizer) -> ZetaConfig:
         config = ZetaConfig.from_dict(options)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
+    if config.output_dim < vocab:
+        raise CLIError(f"logits_dim must be at least the vocabulary size ({vocab} tokens) for a causal language model, "
+                       f"which predicts every next token, but got {config.logits_dim}.")
+    if config.embedding_provider is not None:
+        raise CLIError(f"embedding_provider {config.embedding_provider!r}: zeta-hf trains the standard token "
+                       "embedding; a custom provider is passed in Python code (`ZetaForCausalLM(config, "
+                       "embedding_provider=...)`), never by name.")
     if config.absolute_position_embedding == "learned" and config.max_position_embeddings < args.seq_len:
         raise CLIError(f"--seq-len {args.seq_len} exceeds the learned position table (max_position_embeddings="
                        f"{config.max_position_embeddings}); raise it with --set max_position_embeddings=N.")
@@ -413,14 +469,15 @@ def resolve_resume(args: argparse.Namespace, config, world_size: int, is_main: b
         if missing:
             raise CLIError(f"--resume {args.resume!r} is not a complete checkpoint (missing {', '.join(missing)}).")
     check_resume_compatible(checkpoint, config)
+    for name in ("optimizer.pt", "scheduler.pt"):  # read here so a damaged or malicious file is named in words
+        _torch_load_state(checkpoint / name, "--resume")
     return checkpoint
 
 
 def check_output_dir(args: argparse.Namespace) -> None:
     """Nothing in an existing folder is overwritten unless asked for (--overwrite, or --resume to continue it)."""
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--output-dir {args.output_dir!r} exists and is not a folder.")
+    _check_creatable_folder("--output-dir", out)
     if args.overwrite and args.resume:
         raise CLIError("--overwrite and --resume contradict each other: --resume continues the checkpoints that "
                        "--overwrite would discard.")
@@ -528,10 +585,7 @@ class ZetaTrainer(Trainer):
             checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=_checkpoint_step)
             resume = (f"--resume continues from {checkpoints[-1].name}" if checkpoints
                       else "no checkpoint was saved yet")
-            for callback in self.callback_handler.callbacks:  # end the progress bar's line before the error line
-                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
-                    callback.training_bar.close()
-                    callback.training_bar = None
+            _close_progress_bar(self)
             value = loss.item()
             value = value if not math.isfinite(value) else "NaN or inf on another process"
             raise CLIError(f"the training loss became {value} at step {step} of {self.state.max_steps} (learning "
@@ -707,23 +761,76 @@ def train(args: argparse.Namespace) -> None:
     # Tokens the checkpoint had already seen: read now, since checkpoint rotation may delete it during training.
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"] if checkpoint else 0
     start = time.time()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - start
-    after = _final_evaluation(trainer)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if args.weights_digest_file:
-        Path(f"{args.weights_digest_file}.rank{training_args.process_index}").write_text(weights_digest(model) + "\n")
-    model.config.use_cache = True  # the Trainer turned it off for training; generation wants it back
-    add_chat_template(tokenizer)  # saved with the tokenizer: `zeta-hf serve`'s /v1/chat/completions needs it
-    trainer.save_model(args.output_dir)
-    if trainer.is_world_process_zero():
-        summary = _summary(args, trainer, checkpoint, tokens_before, train_seconds, splits, model, before, after)
-        _write_reports(Path(args.output_dir), model, trainer, summary)
-        print(f"Saved the model to {args.output_dir}: held-out bits per byte {before['eval_bits_per_byte']:.3f} "
-              f"before training, {after['eval_bits_per_byte']:.3f} after.")
+    with _writing_errors_in_words(args, checkpoint, trainer):
+        finished = checkpoint is not None and json.loads(
+            (checkpoint / "trainer_state.json").read_text())["global_step"] >= args.max_steps
+        if finished:
+            _restore_finished_run(trainer, checkpoint, is_main)
+        else:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.time() - start
+        after = _final_evaluation(trainer)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if args.weights_digest_file:
+            digest_file = Path(f"{args.weights_digest_file}.rank{training_args.process_index}")
+            digest_file.write_text(weights_digest(model) + "\n")
+        model.config.use_cache = True  # the Trainer turned it off for training; generation wants it back
+        add_chat_template(tokenizer)  # saved with the tokenizer: `zeta-hf serve`'s /v1/chat/completions needs it
+        trainer.save_model(args.output_dir)
+        if trainer.is_world_process_zero():
+            summary = _summary(args, trainer, checkpoint, tokens_before, train_seconds, splits, model, before, after)
+            _write_reports(Path(args.output_dir), model, trainer, summary)
+            print(f"Saved the model to {args.output_dir}: held-out bits per byte {before['eval_bits_per_byte']:.3f} "
+                  f"before training, {after['eval_bits_per_byte']:.3f} after.")
     state.wait_for_everyone()
     if state.use_distributed:
         state.destroy_process_group()  # a clean exit; torchrun warns about a group left open
+
+
+def _close_progress_bar(trainer) -> None:
+    """End the progress bar's line, so an error line that follows starts a line of its own."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+@contextlib.contextmanager
+def _writing_errors_in_words(args: argparse.Namespace, checkpoint: Path | None, trainer):
+    """A full disk or an unreadable checkpoint file during training becomes one line saying so."""
+    try:
+        yield
+    except Exception as err:
+        if not (_no_space_left(err) or (checkpoint is not None and _not_a_state_dict_file(err))):
+            raise
+        _close_progress_bar(trainer)
+        if _no_space_left(err):
+            raise CLIError(f"no space left on device while writing to --output-dir {args.output_dir!r}; free some "
+                           "space (or choose another --output-dir) and continue with --resume from the last complete "
+                           "checkpoint.") from None
+        if checkpoint is not None and _not_a_state_dict_file(err):
+            raise CLIError(f"--resume: a file of {str(checkpoint)!r} is not a checkpoint written by torch.save of a "
+                           f"state dict, so it was not loaded: {str(err).splitlines()[0]}") from None
+        raise
+
+
+def _restore_finished_run(trainer, checkpoint: Path, is_main: bool) -> None:
+    """Take the weights and state of a checkpoint that already reached --max-steps, training nothing more.
+
+    transformers' Trainer (5.25) resumed from such a checkpoint still runs one more optimizer step, which would end
+    with other weights than the run that wrote it (and write checkpoint-<max_steps + 1>).
+    """
+    if is_main:
+        print(f"zeta-hf train: {checkpoint.name} already reached --max-steps; saving its model without training.",
+              file=sys.stderr)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    missing, unexpected = model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if model.config.tie_word_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CLIError(f"--resume: {checkpoint}/model.safetensors does not fit the model (missing {missing[:4]}, "
+                       f"unexpected {unexpected[:4]}).")
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def _evaluate_untrained(trainer) -> dict[str, float]:
@@ -836,13 +943,33 @@ def _load_model_and_tokenizer(folder: str):
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise CLIError(f"--model {folder!r} is not a model folder (no config.json).")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a failed load's table of keys would bury the one-line error
     try:
         model = ZetaForCausalLM.from_pretrained(path)
         # The tokenizer is transformers' own class (PreTrainedTokenizerFast, or ByT5Tokenizer in older folders): the
         # folder's modeling code is not needed for it.
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except SafetensorError as err:
+        raise CLIError(f"--model {folder!r} could not be loaded: its weights file is damaged or truncated "
+                       f"(safetensors: {str(err).splitlines()[0]}).") from None
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):
+            raise
+        raise CLIError(f"--model {folder!r} could not be loaded: its config.json does not match its weights (the "
+                       "weights have other shapes than the configuration describes; size mismatch).") from None
     except (OSError, ValueError) as err:
         raise CLIError(f"--model {folder!r} could not be loaded: {str(err).splitlines()[0]}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if (path / "generation_config.json").is_file():
+        # transformers falls back to defaults without a word when this file is unreadable: the sampling settings
+        # saved with the model would be lost
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--model {folder!r}: its generation_config.json could not be used: "
+                           f"{str(err).splitlines()[0]}") from None
     return model.eval(), tokenizer
 
 
@@ -850,6 +977,8 @@ def generate(args: argparse.Namespace) -> None:
     """`zeta-hf generate`: stream a completion of --prompt to the terminal."""
     for name in ("max_new_tokens", "top_k", "temperature", "top_p"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.top_p is not None and args.top_p > 1:
+        raise CLIError(f"--top-p is a probability mass and must be in (0, 1], but got {args.top_p}.")
     model, tokenizer = _load_model_and_tokenizer(args.model)
     # Explicit, for folders saved with ByT5's tokenizer, which appends </s> by default.
     ids = tokenizer(args.prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -888,15 +1017,24 @@ def evaluate_model(model, tokenizer, splits, batch_size: int) -> dict[str, float
 
 def evaluate_command(args: argparse.Namespace) -> None:
     """`zeta-hf eval`: score a saved model on a held-out split and print (or --json) the metrics."""
+    if args.seq_len is not None and args.seq_len < 2:  # checked before the model is loaded, and again below
+        raise CLIError(f"--seq-len must be at least 2 (one token of context, one to predict), but got {args.seq_len}.")
+    _check_positive("--max-eval-sequences", args.max_eval_sequences)
     model, tokenizer = _load_model_and_tokenizer(args.model)
     trained = {}
     if (Path(args.model) / SUMMARY_FILE).is_file():
         trained = json.loads((Path(args.model) / SUMMARY_FILE).read_text())
     corpus = args.corpus or trained.get("corpus")
-    seq_len = args.seq_len or trained.get("seq_len") or min(256, model.config.max_position_embeddings)
-    eval_fraction = args.eval_fraction or trained.get("eval_fraction", 0.05)
-    max_sequences = args.max_eval_sequences or trained.get("max_eval_sequences")
+    # a value given on the command line is used even when it is 0 (and refused), never replaced by a default
+    seq_len = args.seq_len if args.seq_len is not None else (
+        trained.get("seq_len") or min(256, model.config.max_position_embeddings))
+    eval_fraction = args.eval_fraction if args.eval_fraction is not None else trained.get("eval_fraction", 0.05)
+    max_sequences = (args.max_eval_sequences if args.max_eval_sequences is not None
+                     else trained.get("max_eval_sequences"))
     _check_positive("--batch-size", args.batch_size)
+    _check_positive("--max-eval-sequences", max_sequences)
+    if seq_len < 2:
+        raise CLIError(f"--seq-len must be at least 2 (one token of context, one to predict), but got {seq_len}.")
     if not 0 < eval_fraction < 1:
         raise CLIError(f"--eval-fraction must be between 0 and 1, but got {eval_fraction}.")
     splits = build_splits(load_corpus(corpus), tokenizer, seq_len, eval_fraction, max_sequences)
@@ -917,6 +1055,8 @@ def convert(argv: list[str]) -> None:
     try:
         convert_main(argv)
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:  # unreadable or mismatched checkpoint
+        if _no_space_left(err):
+            raise CLIError("no space left on device while writing --output-dir.") from None
         raise CLIError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 

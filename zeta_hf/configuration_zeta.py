@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import types
+import typing
 from typing import Any
 
+from huggingface_hub.dataclasses import type_validator
 from transformers import GenerationConfig, PreTrainedConfig
 
 # Names the user picks from; each maps to one class in the model files.
@@ -73,18 +77,42 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _check_range(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
         bound = f"> {low}" if low_open else f">= {low}"
         if high != math.inf:
             bound += f" and <= {high}"
-        raise ValueError(f"`{name}` must be a number {bound}, but got {value!r}.")
+        raise ValueError(f"`{name}` must be a finite number {bound}, but got {value!r}.")
+
+
+def _accept_int_for_float(hint: Any) -> Any:
+    """A declared `float` also accepts an int (JSON and people write `4` for `4.0`); a bool is never a number."""
+    if hint is float:
+        return float | int
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return functools.reduce(lambda a, b: a | b, [_accept_int_for_float(arg) for arg in typing.get_args(hint)])
+    if typing.get_origin(hint) is list:
+        return list[_accept_int_for_float(typing.get_args(hint)[0])]
+    return hint
+
+
+# Size limits checked before anything is allocated: a config.json asking for 10**6 layers fails at once with a
+# sentence instead of allocating for minutes. Far above any model this package is meant for (the largest public
+# dense models have ~4e11 parameters and ~130 layers).
+MAX_PARAMETERS = 10**12
+MAX_LAYERS = 10_000
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
+
+
+def embedding_provider_name(provider: Any) -> str:
+    """The name config.json records for an embedding provider ("module:qualname"): a label, never imported."""
+    target = provider if hasattr(provider, "__qualname__") else type(provider)  # a function or class, else an instance
+    return f"{getattr(target, '__module__', None)}:{target.__qualname__}"
 
 
 class ZetaConfig(PreTrainedConfig):
@@ -233,6 +261,11 @@ class ZetaConfig(PreTrainedConfig):
             if alias in kwargs:
                 setattr(self, stored, kwargs.pop(alias))
         self._reject_unknown_kwargs(kwargs)
+        if isinstance(self.block_pattern, tuple):
+            self.block_pattern = list(self.block_pattern)
+        if isinstance(self.shift_tokens, tuple):
+            self.shift_tokens = list(self.shift_tokens)
+        self._check_types()  # before anything is derived from a value of the wrong type
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.absolute_position_embedding is None:
@@ -275,6 +308,14 @@ class ZetaConfig(PreTrainedConfig):
             )
         return super().from_dict(config_dict, **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """`PreTrainedConfig.to_dict`; a provider object passed to `from_pretrained` through an Auto class lands on
+        the config for a moment, and only its name is ever serialised."""
+        output = super().to_dict()
+        if not isinstance(output.get("embedding_provider"), (str, type(None))):
+            output["embedding_provider"] = embedding_provider_name(output["embedding_provider"])
+        return output
+
     @classmethod
     def option_names(cls) -> set[str]:
         """Every option a user sets: the fields this class adds to `PreTrainedConfig`, plus Zeta's aliases."""
@@ -284,8 +325,58 @@ class ZetaConfig(PreTrainedConfig):
         )
 
     # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    @functools.cache
+    def _declared_types(cls) -> dict[str, Any]:
+        """Every option's declared type (this class's annotations, with ints accepted where a float is declared)."""
+        own = {name: hint for name, hint in cls.__dict__["__annotations__"].items() if name in cls.__dataclass_fields__}
+        # only this class's annotations: the base class's name types (torch.dtype) this module does not import
+        hints = typing.get_type_hints(type("_Options", (), {"__annotations__": own, "__module__": cls.__module__}))
+        return {name: _accept_int_for_float(hint) for name, hint in hints.items()}
+
+    def _check_types(self) -> None:
+        """Each option has its declared type: `"false"` is not a bool, `3.0` not an int, `"big"` not a float."""
+        for name, hint in self._declared_types().items():
+            value = getattr(self, name)
+            try:
+                type_validator(name, value, hint)
+            except TypeError:
+                expected = getattr(hint, "__name__", None) if isinstance(hint, type) else None
+                expected = expected or str(hint).replace("float | int", "float")
+                raise ValueError(
+                    f"`{name}` must be of type {expected}, but got {value!r} ({type(value).__name__})."
+                ) from None
+
+    def approximate_num_parameters(self) -> int:
+        """A quick upper estimate of the parameter count, from the sizes alone (nothing is allocated)."""
+        h, d, vd = self.num_attention_heads, self.head_dim, self.value_dim
+        kv = self.num_key_value_heads
+        attention = self.hidden_size * (h * d + 2 * kv * max(d, vd) + h * vd) + h * vd * self.hidden_size
+        feedforward = 3 * self.hidden_size * self.intermediate_size
+        per_layer = {"attn": attention, "cross": attention, "ff": feedforward}
+        body = sum(per_layer[kind] for kind in self.layer_pattern)
+        embeddings = (self.vocab_size + self.max_position_embeddings) * self.input_dim
+        return body + embeddings + self.hidden_size * self.output_dim
+
+    def _check_sizes(self) -> None:
+        layers = len(self.block_pattern) if self.block_pattern is not None else self.num_hidden_layers
+        if layers > MAX_LAYERS:
+            raise ValueError(
+                f"`num_hidden_layers` ({layers}) exceeds the limit of {MAX_LAYERS} layers; is the configuration "
+                "damaged?"
+            )
+        estimate = self.approximate_num_parameters()
+        if estimate > MAX_PARAMETERS:
+            raise ValueError(
+                f"This configuration would have about {estimate:.2g} parameters (vocab_size={self.vocab_size}, "
+                f"hidden_size={self.hidden_size}, num_hidden_layers={self.num_hidden_layers}, ff_mult={self.ff_mult}, "
+                f"max_position_embeddings={self.max_position_embeddings}), above the limit of {MAX_PARAMETERS:.0e}; "
+                "is the configuration damaged?"
+            )
+
     def validate_architecture(self) -> None:
         """Raise `ValueError` naming the field, the value and what is allowed, for any invalid combination."""
+        self._check_types()
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim"):
             _check_int(name, getattr(self, name), 1)
@@ -295,7 +386,16 @@ class ZetaConfig(PreTrainedConfig):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         _check_range("emb_frac_gradient", self.emb_frac_gradient, 0.0, 1.0, low_open=True)
         _check_range("ff_mult", self.ff_mult, 0.0, low_open=True)
-        _check_range("layer_norm_eps", self.layer_norm_eps, 0.0)
+        _check_range("layer_norm_eps", self.layer_norm_eps, 0.0, low_open=True)  # 0 divides by zero on a constant row
+        _check_range("qk_norm_scale", self.qk_norm_scale, 0.0, low_open=True)
+        _check_range("rotary_base", self.rotary_base, 0.0, low_open=True)
+        _check_range("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0)
+        _check_range("rotary_base_rescale_factor", self.rotary_base_rescale_factor, 0.0, low_open=True)
+        _check_range("rotary_xpos_scale_base", self.rotary_xpos_scale_base, 0.0, low_open=True)
+        _check_int("qk_norm_groups", self.qk_norm_groups, 1)
+        _check_int("rel_pos_num_buckets", self.rel_pos_num_buckets, 1)
+        _check_int("rel_pos_max_distance", self.rel_pos_max_distance, 1)
+        _check_int("dynamic_pos_bias_mlp_depth", self.dynamic_pos_bias_mlp_depth, 1)
         _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         _check_choice("absolute_position_embedding", self.absolute_position_embedding, ABSOLUTE_POSITION_EMBEDDINGS)
         _check_choice("norm", self.norm, NORMS)
@@ -447,12 +547,15 @@ class ZetaConfig(PreTrainedConfig):
         if self.scalenorm_dim_scale and self.norm != "scalenorm":
             raise ValueError(f"`scalenorm_dim_scale=True` needs `norm='scalenorm'`, but got {self.norm!r}.")
         if self.embedding_provider is not None and (
-            not isinstance(self.embedding_provider, str) or ":" not in self.embedding_provider
+            not isinstance(self.embedding_provider, str) or not self.embedding_provider.strip()
         ):
             raise ValueError(
-                "`embedding_provider` must be an import path 'package.module:factory' naming a callable "
-                f"`(num_tokens, dim) -> nn.Module`, but got {self.embedding_provider!r}."
+                "`embedding_provider` in a configuration is only the name of the provider the model was built with "
+                "(the provider itself is passed in code: `ZetaForCausalLM(config, embedding_provider=...)` or "
+                f"`from_pretrained(path, embedding_provider=...)`), but got {self.embedding_provider!r}."
             )
+
+        self._check_sizes()
 
     # --- capabilities, derived once and read by the model and the tests ---------------------------------------
     @property

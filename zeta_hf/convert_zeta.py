@@ -426,6 +426,41 @@ def convert_zeta_checkpoint(
     return model
 
 
+def load_zeta_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A Zeta state dict saved with `torch.save`, read without running any code in it (`weights_only=True`)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # a missing or unreadable file says so itself
+    except Exception as err:  # refused by weights_only (UnpicklingError), or not a torch file at all
+        raise ValueError(
+            f"--checkpoint {str(path)!r}: file is not a checkpoint written by torch.save of a state dict, so it was "
+            f"not loaded (nothing in it was run): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the common {"state_dict": ...} wrapper
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"--checkpoint {str(path)!r}: file is not a checkpoint written by torch.save of a state dict (it holds a "
+            f"{type(state).__name__}, not a mapping of names to tensors)."
+        )
+    return state
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse, before anything is read or written, an --output-dir that is a file, lies under a file, or holds files."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output-dir {str(path)!r} cannot be created: {str(parent)!r} is a file.")
+            break
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output-dir {str(path)!r} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"--output-dir {str(path)!r} is not empty; pass --overwrite to replace the model in it, or "
+                         "choose another folder.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="torch.save'd state dict of the Zeta Transformer")
@@ -435,8 +470,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="library that wrote the checkpoint (default: auto, 2.x when it shows 2.x markers)")
     parser.add_argument("--source-version", default=None,
                         help="version of that library (e.g. 2.31.10), recorded in config.json `converted_from`")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow replacing the model in a non-empty --output-dir")
     args = parser.parse_args(argv)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    check_output_dir(Path(args.output_dir), args.overwrite)
+    state = load_zeta_state_dict(args.checkpoint)
     kwargs = json.loads(Path(args.kwargs).read_text())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -103,6 +103,11 @@ def _load_files(path: str) -> datasets.Dataset:
         raise CorpusError(f"--corpus {path!r} could not be read as {builder}: {str(err).splitlines()[0]}") from None
     if "text" not in ds.column_names:
         raise CorpusError(f"--corpus {path!r} has no 'text' column (its columns are {ds.column_names}).")
+    feature = ds.features["text"]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        # ints, or a mix of types (which `datasets` keeps as raw JSON values): there is no text to tokenize
+        kind = feature.dtype if getattr(feature, "dtype", None) else "values of mixed types"
+        raise CorpusError(f"--corpus {path!r}: the 'text' values must all be strings, but the column holds {kind}.")
     return ds.select_columns(["text"])
 
 

@@ -212,8 +212,24 @@ def attention_scores(
         # finite, so fully masked rows and residual attention never give NaN
         scores = torch.where(attention_mask == min_value, min_value, (scores + attention_mask).clamp(min=min_value))
     if topk is not None and module.sparse_topk_mode == "top_k" and topk < scores.shape[-1]:
-        scores = scores.masked_fill(scores < scores.topk(topk, dim=-1).values[..., -1:], min_value)
+        scores = scores.masked_fill(scores < sparse_topk_threshold(scores, topk), min_value)
     return scores
+
+
+def sparse_topk_threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The lowest score (b, h, i, 1) each query keeps: its k-th largest, less a rounding tolerance.
+
+    Scores that are equal in exact arithmetic (a repeated token without positions) come out of matrix products of
+    different shapes (a cached step, a padded batch) a few ulps apart, and a strict k-th value would keep a different
+    subset of them in each path. Every score within the tolerance of the k-th is kept instead, as x-transformers'
+    `scores < kth` keeps exact ties: the same keys are kept on every path, and results only differ from x-transformers
+    when two distinct scores lie within ~1e-4 of each other (relative to the row's largest).
+    """
+    kth = scores.topk(k, dim=-1).values[..., -1:]
+    finite = scores > torch.finfo(scores.dtype).min / 2  # masked keys do not set the scale
+    scale = torch.where(finite, scores.abs(), 0).amax(dim=-1, keepdim=True)
+    tolerance = max(1e-4, 8 * torch.finfo(scores.dtype).eps) * scale
+    return kth - tolerance
 
 
 def attend(module: nn.Module, scores: torch.Tensor, value: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:

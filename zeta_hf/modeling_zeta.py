@@ -11,7 +11,6 @@ Everything before the tokens is a prefix that is written into the KV cache at pr
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import re
@@ -19,6 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +37,9 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .configuration_zeta import ZetaConfig
+from .configuration_zeta import ZetaConfig, embedding_provider_name
 from .layers_zeta import (
     ZetaAttention,
-    ZetaFeedForward,
     ZetaGRUResidual,
     ZetaLayer,
     ZetaResidual,
@@ -58,7 +57,6 @@ from .positional_zeta import (
     AlibiPositionBias,
     RotaryEmbedding,
     ScaledSinusoidalEmbedding,
-    T5RelativePositionBias,
     l2norm,
 )
 
@@ -180,36 +178,66 @@ class ZetaPreTrainedModel(PreTrainedModel):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing a checkpoint of this very class that leaves weights random.
+    # Head modules of this family's task classes (parameters outside the shared body, `base_model_prefix`).
+    _head_modules: tuple[str, ...] = ("lm_head", "score")
+    # Heads that may start untrained when the checkpoint has none of their weights (a classifier fine-tuned from a
+    # language model); a language-model head never may: random logits are not a model.
+    _heads_trained_after_loading: tuple[str, ...] = ()
 
-        transformers only warns about missing / unexpected weights and initialises the missing ones randomly. For a
-        checkpoint saved by the class being loaded that means a damaged file or an edited config.json, so it is an
-        error. Loading into another class (a classifier from a causal LM checkpoint, the base model) keeps
-        transformers' rule: the new head starts untrained.
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args,
+                        embedding_provider: EmbeddingProvider | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing to leave any weight at its random initialisation.
+
+        transformers only warns about missing / unexpected weights and initialises the missing ones randomly. Its own
+        loading report decides here, whatever `config.architectures` says: every weight of the shared body
+        (`base_model_prefix`) must come from the checkpoint and every checkpoint weight must find its place, except
+        (1) another head's weights (a causal LM's `lm_head` when loading `ZetaModel` or a classifier) and (2) a new
+        classification head of which the checkpoint has no weight at all. `embedding_provider` is the module or
+        factory a configuration saved with a provider needs (see `ZetaModel`).
         """
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
-        if cls.__name__ in (model.config.architectures or []):
-            kinds = ("missing_keys", "unexpected_keys")
-            if not kwargs.get("ignore_mismatched_sizes"):
-                kinds += ("mismatched_keys",)
-            problems = [
-                f"{kind.replace('_', ' ')}: "
-                f"{', '.join(sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)[:8])}"
-                for kind in kinds
-                if (keys := info.get(kind))
-            ]
-            if problems:
-                raise ValueError(
-                    f"The checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__} "
-                    f"({'; '.join(problems)}), so part of the model would be randomly initialised. Is a weights "
-                    "file damaged or config.json edited?"
-                )
+        token = _EMBEDDING_PROVIDER.set(embedding_provider)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        finally:
+            _EMBEDDING_PROVIDER.reset(token)
+        problems = cls._loading_problems(model, info, kwargs.get("ignore_mismatched_sizes", False))
+        if problems:
+            raise ValueError(
+                f"The checkpoint {str(pretrained_model_name_or_path)!r} does not fit {cls.__name__} "
+                f"({'; '.join(problems)}), so part of the model would be randomly initialised. Is a weights file "
+                "damaged or config.json edited?"
+            )
         return (model, info) if want_info else model
+
+    @classmethod
+    def _loading_problems(cls, model: "ZetaPreTrainedModel", info: dict, ignore_mismatched_sizes: bool) -> list[str]:
+        """Sentences naming the weights that `from_pretrained`'s report shows missing, unexpected or mismatched."""
+        def head_of(key: str) -> str | None:
+            first = key.split(".", 1)[0]
+            return first if first in cls._head_modules else None
+
+        own_keys = set(model.state_dict())
+        own_heads = {head_of(k) for k in own_keys} - {None}
+        missing = set(info.get("missing_keys") or ())
+        for head in cls._heads_trained_after_loading:
+            head_keys = {k for k in own_keys if head_of(k) == head}
+            if head_keys and head_keys <= missing:  # the whole head is new: trained after loading
+                missing -= head_keys
+        # a weight of a head this class does not have (the checkpoint's class had it) is simply not this model's
+        unexpected = {k for k in info.get("unexpected_keys") or () if head_of(k) is None or head_of(k) in own_heads}
+        mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
+        problems = []
+        for kind, keys in (("missing", missing), ("unexpected", unexpected),
+                           ("mismatched", set() if ignore_mismatched_sizes else mismatched)):
+            if keys:
+                shown = sorted(str(k) for k in keys)
+                more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+                problems.append(f"{kind} keys: {', '.join(shown[:8])}{more}")
+        return problems
 
     def _init_weights(self, module: nn.Module) -> None:
         """Zeta's initialisation: PyTorch defaults, kaiming-normal token embedding, randn memory tokens/slots.
@@ -286,28 +314,47 @@ class ZetaPreTrainedModel(PreTrainedModel):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _load_embedding_provider(path: str) -> Callable[[int, int], nn.Module]:
-    """Import the `(num_tokens, dim) -> nn.Module` factory named "module:attr" by `config.embedding_provider`."""
-    module_name, _, attr = path.partition(":")
-    # config.json can name this and loading needs no trust_remote_code, so only a factory defined in a non-standard
-    # module is called: "os:kill" would otherwise run kill(vocab_size, dim) inside from_pretrained.
-    if module_name.split(".")[0] in sys.stdlib_module_names or module_name.split(".")[0] == "builtins":
+# An embedding provider is a module, or a factory `(num_tokens, dim) -> nn.Module`, passed in code. config.json only
+# records its name: nothing named in a config file or a model folder is ever imported or called.
+EmbeddingProvider = nn.Module | Callable[[int, int], nn.Module]
+# The provider given to `from_pretrained` reaches `ZetaModel.__init__` through this variable, because transformers
+# builds the model itself and routes keyword arguments named like a config field into the config.
+_EMBEDDING_PROVIDER: ContextVar[EmbeddingProvider | None] = ContextVar("zeta_embedding_provider", default=None)
+
+
+def build_token_embedding(config: ZetaConfig, provider: EmbeddingProvider | None = None) -> nn.Module:
+    """The token embedding: `nn.Embedding`, or the module made by the provider passed in code."""
+    if provider is None:
+        provider = _EMBEDDING_PROVIDER.get()
+    if provider is None and not isinstance(config.embedding_provider, (str, type(None))):
+        provider = config.embedding_provider  # Auto classes route `embedding_provider=obj` into the config
+    if provider is None:
+        if config.embedding_provider is not None:
+            raise ValueError(
+                f"This configuration was saved with `embedding_provider` {config.embedding_provider!r}, and "
+                "zeta_hf never imports code named in a config file: pass the provider itself, e.g. "
+                "`from_pretrained(path, embedding_provider=my_factory)` or "
+                "`ZetaForCausalLM(config, embedding_provider=my_factory)`."
+            )
+        return nn.Embedding(config.vocab_size, config.input_dim)
+    if isinstance(provider, str):
         raise ValueError(
-            f"`embedding_provider` {path!r} names a standard-library callable; it must be a "
-            "`(num_tokens, dim) -> nn.Module` factory from your own package."
+            f"`embedding_provider` must be a module or a `(num_tokens, dim) -> nn.Module` factory passed in code, "
+            f"not the name {provider!r}: zeta_hf never imports code by name."
         )
-    try:
-        factory = importlib.import_module(module_name)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`embedding_provider` {path!r} could not be imported: {err}.") from err
-    if getattr(factory, "__module__", None) != module_name:  # re-exports such as "mypkg:system" are refused
-        raise ValueError(
-            f"`embedding_provider` {path!r} must be defined in {module_name!r}, but it comes from "
-            f"{getattr(factory, '__module__', None)!r}."
+    if not isinstance(provider, nn.Module) and not callable(provider):
+        raise TypeError(
+            "`embedding_provider` must be an nn.Module or a `(num_tokens, dim) -> nn.Module` factory, but got "
+            f"{type(provider).__name__}."
         )
-    return factory
+    module = provider if isinstance(provider, nn.Module) else provider(config.vocab_size, config.input_dim)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"The embedding provider {embedding_provider_name(provider)!r} returned {type(module).__name__}, not an "
+            "nn.Module."
+        )
+    config.embedding_provider = embedding_provider_name(provider)
+    return module
 
 
 def unpadded_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -368,14 +415,15 @@ class _Layout:
 
 
 class ZetaModel(ZetaPreTrainedModel):
-    """The Zeta Transformer without its head: token ids -> final-normed hidden states (b, n, dim)."""
+    """The Zeta Transformer without its head: token ids -> final-normed hidden states (b, n, dim).
 
-    def __init__(self, config: ZetaConfig):
+    `embedding_provider` (also taken by every head class and `from_pretrained`) replaces the token embedding: an
+    `nn.Module`, or a factory `(vocab_size, embedding width) -> nn.Module`. The config records only its name.
+    """
+
+    def __init__(self, config: ZetaConfig, embedding_provider: EmbeddingProvider | None = None):
         super().__init__(config)
-        if config.embedding_provider is not None:
-            self.embed_tokens = _load_embedding_provider(config.embedding_provider)(config.vocab_size, config.input_dim)
-        else:
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.input_dim)
+        self.embed_tokens = build_token_embedding(config, embedding_provider)
         if isinstance(self.embed_tokens, nn.Embedding):
             self.embed_tokens.zeta_init = "small_normal" if config.l2norm_embed else "kaiming_normal"
         abs_cls = ABSOLUTE_POSITION_CLASSES.get(config.absolute_position_embedding)
@@ -948,9 +996,9 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: ZetaConfig):
+    def __init__(self, config: ZetaConfig, embedding_provider: EmbeddingProvider | None = None):
         super().__init__(config)
-        self.model = ZetaModel(config)
+        self.model = ZetaModel(config, embedding_provider)
         # Zeta's `to_logits` has a bias unless the head reuses the embedding matrix.
         self.lm_head = make_lm_head(config)
         self.post_init()
@@ -1099,9 +1147,9 @@ class ZetaForMaskedLM(ZetaEncoderHead):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     output_class = MaskedLMOutput
 
-    def __init__(self, config: ZetaConfig):
+    def __init__(self, config: ZetaConfig, embedding_provider: EmbeddingProvider | None = None):
         super().__init__(config)
-        self.model = ZetaModel(config)
+        self.model = ZetaModel(config, embedding_provider)
         self.lm_head = make_lm_head(config)
         self.post_init()
 
@@ -1121,10 +1169,12 @@ class ZetaForMaskedLM(ZetaEncoderHead):
 class ZetaClassifierHead(ZetaEncoderHead):
     """What the classifiers share: `ZetaModel` -> dropout (`classifier_dropout`) -> `score` over `num_labels`."""
 
-    def __init__(self, config: ZetaConfig):
+    _heads_trained_after_loading = ("score",)
+
+    def __init__(self, config: ZetaConfig, embedding_provider: EmbeddingProvider | None = None):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.model = ZetaModel(config)
+        self.model = ZetaModel(config, embedding_provider)
         self.dropout = make_dropout(config.classifier_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()

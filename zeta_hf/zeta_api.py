@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .configuration_zeta import ZetaConfig
-from .modeling_zeta import ZetaForCausalLM
+from .modeling_zeta import ZetaForCausalLM, embedding_provider_name
 
 # Zeta options zeta_hf does not implement (rarely used); they raise a clear error instead of being ignored.
 NOT_SUPPORTED = {"cross_attn_tokens_dropout", "attn_tensor_product", "attn_cascading_heads", "ff_glu_mult_bias"}
@@ -255,8 +255,13 @@ def config_from_zeta_kwargs(transformer_kwargs: dict, layers: AttentionLayers, *
         fields["position_embedding"] = relative
         fields["absolute_position_embedding"] = absolute
     provider = kw.get("embedding_provider")
-    if provider is not None and not isinstance(provider, str):
-        provider = f"{provider.__module__}:{provider.__qualname__}"
+    if isinstance(provider, str):
+        raise ValueError(
+            f"`embedding_provider` must be a module or a `(num_tokens, dim) -> nn.Module` factory passed in code, not "
+            f"the name {provider!r}: zeta_hf never imports code by name."
+        )
+    if provider is not None:
+        provider = embedding_provider_name(provider)  # config.json records the name only
     max_mem_len = kw.get("max_mem_len", 0)
     if isinstance(max_mem_len, float):
         if not max_mem_len.is_integer():
@@ -304,7 +309,8 @@ class Transformer(nn.Module):
         if not isinstance(attn_layers, AttentionLayers):
             raise TypeError(f"`attn_layers` must be a zeta_hf Decoder or Encoder, but got {type(attn_layers).__name__}.")
         self.config = config_from_zeta_kwargs(dict(num_tokens=num_tokens, max_seq_len=max_seq_len, **kwargs), attn_layers)
-        self.model = ZetaForCausalLM(self.config)
+        # the provider object itself goes to the model; the config only records its name
+        self.model = ZetaForCausalLM(self.config, embedding_provider=kwargs.get("embedding_provider"))
         self.num_tokens, self.max_seq_len, self.max_mem_len = num_tokens, max_seq_len, self.config.max_mem_len
 
     @property
