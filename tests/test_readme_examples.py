@@ -211,12 +211,12 @@ def test_bridge_generate_cached_equals_uncached(small_transformer):
 # The README's code blocks, executed verbatim
 # ----------------------------------------------------------------------------------------------------------------------
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_block(heading: str) -> str:
-    """The first ```python block after the README heading `heading`."""
-    text = README.read_text()
+def readme_block(heading: str, document: str = "README.md") -> str:
+    """The first ```python block after the heading `heading` of `document` (the README or a page under docs/)."""
+    text = (ROOT / document).read_text()
     start = text.index(heading)
     match = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
     assert match, f"no python block after {heading!r}"
@@ -256,7 +256,7 @@ def test_readme_long_generation_runs_as_written(capsys):
     namespace: dict = {}
     torch.manual_seed(0)
     with torch.no_grad():
-        exec(compile(readme_block("## Long generation with XL memories"), "README.md", "exec"), namespace)
+        exec(compile(readme_block("## Long generation with XL memories", "docs/generation.md"), "generation.md", "exec"), namespace)
     assert namespace["ids"].shape == (1, 650)
     printed = capsys.readouterr().out.splitlines()
     # 10 prompt tokens + 200 new ones in segments of 64: chunks of 55, 64, 64 and 17 tokens
