@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from zeta_hf.training import STEP_DELAY_ENV
 
 # One thread per process: the test workers and the two DDP ranks share two cores, and oversubscribed OpenMP
 # threads slow tiny models down a hundredfold.
@@ -216,8 +217,22 @@ def test_existing_output_folder_is_not_overwritten_without_flag(trained, tmp_pat
 def test_every_subcommand_has_help(command):
     proc = zeta_hf(*command, "--help", launcher=[console_script()])
     assert proc.stdout.startswith("usage: zeta-hf") and "--help" in proc.stdout
+    assert "debug" not in proc.stdout.lower(), "a test-only option is in the user's --help"
     if command == ["convert"]:
         assert "--checkpoint" in proc.stdout and "--kwargs" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["serve", "--help"], ["train", "--lr"],
+                                  ["generate", "--top-k", "many"], ["nonsense"]])
+def test_help_and_argument_errors_load_no_torch(args):
+    """`zeta-hf --help` and argument errors answer without importing torch or transformers (they take seconds): the
+    models load only for the subcommand that runs."""
+    proc = zeta_hf(*args, launcher=[console_script()], env={"PYTHONPROFILEIMPORTTIME": "1"}, check=False)
+    assert proc.returncode in (0, 2), proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "zeta_hf.cli" in imported
+    heavy = {name for name in imported if name.split(".")[0] in ("torch", "transformers", "datasets", "accelerate")}
+    assert not heavy, f"{args} imported {sorted(heavy)[:5]}"
 
 
 def test_convert_wraps_the_checkpoint_converter(tmp_path):
@@ -367,8 +382,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     # A pause after every step leaves room to kill the run between two checkpoints.
-    cmd = [sys.executable, "-m", "zeta_hf.cli", "train", *common, "--output-dir", str(killed), "--debug-step-delay", "0.2"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "zeta_hf.cli", "train", *common, "--output-dir", str(killed)]
+    proc = subprocess.Popen(cmd, env={**ENV, STEP_DELAY_ENV: "0.2"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: (killed / "checkpoint-10" / "trainer_state.json").is_file(), proc, timeout=240)
         time.sleep(0.5)  # training has moved past the checkpoint

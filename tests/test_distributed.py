@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,14 @@ from filelock import FileLock
 from safetensors.torch import load_file
 
 from zeta_hf import ZetaForCausalLM
-from zeta_hf.cli import CHECKPOINT_LAYOUTS, CLIError, check_resume_layout, missing_checkpoint_files, weights_digest
+from zeta_hf.cli_common import CLIError
+from zeta_hf.training import (
+    CHECKPOINT_LAYOUTS,
+    STEP_DELAY_ENV,
+    check_resume_layout,
+    missing_checkpoint_files,
+    weights_digest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -195,8 +201,9 @@ def test_fsdp_resume_after_sigkill_matches_the_uninterrupted_run(fsdp_run, tmp_p
     killed = tmp_path / "killed"
     # A pause after every step leaves room to kill the run between its two checkpoints (steps 4 and 8).
     cmd = [*accelerate_launch(config), "train", *COMMON, "--corpus", str(corpus_file(tmp_path)),
-           "--output-dir", str(killed), "--debug-step-delay", "0.4"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--output-dir", str(killed)]
+    proc = subprocess.Popen(cmd, env={**ENV, STEP_DELAY_ENV: "0.4"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
         while missing_checkpoint_files(killed / "checkpoint-4", world_size=2):

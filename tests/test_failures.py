@@ -31,7 +31,7 @@ from zeta_hf import (
     ZetaForSequenceClassification,
     ZetaModel,
 )
-from zeta_hf import cli
+from zeta_hf import cli, training
 from zeta_hf.data import make_tokenizer
 
 TINY = dict(vocab_size=32, max_position_embeddings=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -225,7 +225,7 @@ def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli") / "model"
     torch.manual_seed(0)
     model = ZetaForCausalLM(ZetaConfig(**CLI_TINY))
-    cli._set_generation_defaults(model, make_tokenizer(), 16)
+    training._set_generation_defaults(model, make_tokenizer())
     model.save_pretrained(folder)
     make_tokenizer().save_pretrained(folder)
     return folder

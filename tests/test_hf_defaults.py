@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerFast, 
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import zeta_hf  # noqa: F401  (registers the "zeta" model type)
-from zeta_hf import ZetaConfig, ZetaForCausalLM, cli, model_card
+from zeta_hf import ZetaConfig, ZetaForCausalLM, cli, cli_common, model_card
 from zeta_hf.data import build_splits, load_corpus, make_tokenizer
 from zeta_hf.modeling_zeta import block_starts
 
@@ -87,7 +87,7 @@ def _spy_generate(monkeypatch) -> list[dict]:
 def test_zeta_hf_generate_keeps_its_own_length_default(trained, tmp_path, monkeypatch, capsys):
     calls = _spy_generate(monkeypatch)
     cli.main(["generate", "--model", str(trained), "--prompt", "The ", "--greedy"])
-    assert calls[-1]["max_new_tokens"] == cli.DEFAULT_MAX_NEW_TOKENS == 200
+    assert calls[-1]["max_new_tokens"] == cli_common.DEFAULT_MAX_NEW_TOKENS == 200
     assert calls[-1]["inputs"] == prompt_ids("The ").tolist()  # no </s> after the prompt
     assert capsys.readouterr().out.startswith("The ")
     # Learned absolute positions end sooner: the default stops at the table's end instead of failing.

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from transformers import ByT5Tokenizer
 
 from zeta_hf import ZetaForCausalLM
-from zeta_hf import cli
+from zeta_hf import cli, cli_common
 from zeta_hf.data import make_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -234,7 +234,7 @@ def pushed(olah_server, tmp_path_factory):
                    license="mit", loss_curve=None,
                    before=dict(loss=6.0, perplexity=403.4, bits_per_byte=8.66),
                    after=dict(loss=2.1, perplexity=8.17, bits_per_byte=3.03))
-    (folder / cli.SUMMARY_FILE).write_text(json.dumps(summary))
+    (folder / cli_common.SUMMARY_FILE).write_text(json.dumps(summary))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: hub.create_repo(api, repo_id, **kw))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
-from zeta_hf.cli import _set_generation_defaults
+from zeta_hf.training import _set_generation_defaults
 from zeta_hf.data import make_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -80,11 +80,17 @@ def lm_eval_run(tmp_path_factory):
     for line in samples[-1].read_text().splitlines():
         sample = json.loads(line)
         answers[sample["doc"]["question"]] = sample["resps"][0][0]
-    return model, tokenizer, json.loads(results[-1].read_text())["results"], answers
+    mc_samples = sorted((tmp / "out").rglob("samples_zeta_python_mc_*.jsonl"))
+    assert mc_samples, f"no multiple-choice samples under {tmp / 'out'}"
+    choice_lls = {}  # question -> lm-eval's log-likelihood of each choice
+    for line in mc_samples[-1].read_text().splitlines():
+        sample = json.loads(line)
+        choice_lls[sample["doc"]["question"]] = [float(resp[0][0]) for resp in sample["resps"]]
+    return model, tokenizer, json.loads(results[-1].read_text())["results"], answers, choice_lls
 
 
 def test_lm_eval_bits_per_byte_matches_forward(lm_eval_run):
-    model, tokenizer, results, _ = lm_eval_run
+    model, tokenizer, results, _, _ = lm_eval_run
     got = results["zeta_pydoc_bpb"]
     total_ll = total_bytes = total_words = 0
     for doc in _docs("pydoc_heldout.jsonl"):
@@ -100,14 +106,17 @@ def test_lm_eval_bits_per_byte_matches_forward(lm_eval_run):
 
 
 def test_lm_eval_multiple_choice_matches_forward(lm_eval_run):
-    model, tokenizer, results, _ = lm_eval_run
+    model, tokenizer, results, _, choice_lls = lm_eval_run
     got = results["zeta_python_mc"]
     correct = correct_norm = 0
     docs = _docs("python_mc.jsonl")
+    assert set(choice_lls) == {doc["question"] for doc in docs}
     for doc in docs:
         context = tokenizer(doc["question"], add_special_tokens=False)["input_ids"]
         lls = [_logprob(model, context, tokenizer(" " + c, add_special_tokens=False)["input_ids"])
                for c in doc["choices"]]
+        # every document's every choice: lm-eval's log-likelihood is the model's own, not just the same argmax
+        assert choice_lls[doc["question"]] == pytest.approx(lls, rel=1e-5, abs=1e-4), doc["question"]
         normed = [ll / len(c) for ll, c in zip(lls, doc["choices"])]
         correct += max(range(len(lls)), key=lls.__getitem__) == doc["label"]
         correct_norm += max(range(len(normed)), key=normed.__getitem__) == doc["label"]
@@ -118,7 +127,7 @@ def test_lm_eval_multiple_choice_matches_forward(lm_eval_run):
 def test_lm_eval_generate_until_honours_max_gen_toks(lm_eval_run):
     """Each answer equals greedy `generate` of at most `max_gen_toks` new tokens, cut at the stop sequence: the saved
     generation_config.json sets no length of its own that would override lm-eval's."""
-    model, tokenizer, results, answers = lm_eval_run
+    model, tokenizer, results, answers, _ = lm_eval_run
     docs = _docs("python_mc.jsonl")
     assert set(answers) == {doc["question"] for doc in docs}
     full_length = 0

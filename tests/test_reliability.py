@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 
 import zeta_hf
 from zeta_hf import ZetaConfig, ZetaForCausalLM
+from zeta_hf.training import NAN_AT_STEP_ENV
 
 VOCAB, MAX_LEN, DIM = 32, 16, 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
@@ -441,9 +442,9 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
-    proc = train("--max-steps", "12", "--save-steps", "5", "--warmup-steps", "2", "--output-dir", "run",
-                 "--debug-nan-at-step", "8", cwd=tmp_path)
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    monkeypatch.setitem(ENV, NAN_AT_STEP_ENV, "8")  # the test aid: the loss of step 8 reads as NaN
+    proc = train("--max-steps", "12", "--save-steps", "5", "--warmup-steps", "2", "--output-dir", "run", cwd=tmp_path)
     line = one_error_line(proc)
     assert "loss became nan at step 8 of 12" in line and "checkpoint-5" in line, line
     assert not (tmp_path / "run" / "model.safetensors").exists()  # no final model from diverged weights

@@ -223,12 +223,12 @@ def sparse_topk_threshold(scores: torch.Tensor, k: int) -> torch.Tensor:
     different shapes (a cached step, a padded batch) a few ulps apart, and a strict k-th value would keep a different
     subset of them in each path. Every score within the tolerance of the k-th is kept instead, as x-transformers'
     `scores < kth` keeps exact ties: the same keys are kept on every path, and results only differ from x-transformers
-    when two distinct scores lie within ~1e-4 of each other (relative to the row's largest).
+    when two distinct scores lie within 64 ulps of each other (relative to the row's largest; ~8e-6 in float32).
     """
     kth = scores.topk(k, dim=-1).values[..., -1:]
     finite = scores > torch.finfo(scores.dtype).min / 2  # masked keys do not set the scale
     scale = torch.where(finite, scores.abs(), 0).amax(dim=-1, keepdim=True)
-    tolerance = max(1e-4, 8 * torch.finfo(scores.dtype).eps) * scale
+    tolerance = 64 * torch.finfo(scores.dtype).eps * scale  # ~8e-6 in float32: a few ulps of a long dot product
     return kth - tolerance
 
 
