@@ -312,3 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"zeta-hf {command}: interrupted.", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1192,7 +1192,9 @@ class ZetaForSequenceClassification(ZetaClassifierHead):
             if outputs.memory_states is None:
                 raise ValueError("`classifier_pooling='memory_token'` needs `num_memory_tokens` > 0.")
             return outputs.memory_states[:, 0]
-        keep = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask.float()
+        # in the hidden states' dtype: a float32 mask would promote a bfloat16 model's pooled states past its `score`
+        keep = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
+                else attention_mask).to(hidden.dtype)
         if pooling == "mean":
             return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
         index = torch.arange(hidden.shape[1], device=hidden.device)
