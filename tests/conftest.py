@@ -71,10 +71,12 @@ _NO_ZETA_PRELUDE = textwrap.dedent(
 
 
 def run_without_zeta_hf(script: str, *args: str, tmp: Path, offline: bool = True, env: dict[str, str] | None = None,
-                        stdin: Any = None, timeout: float = 300) -> dict[str, Any]:
+                        stdin_open: bool = False, with_stderr: bool = False, timeout: float = 300) -> Any:
     """Run `script` (Python source; `sys.argv[1:]` = `args`) in a fresh interpreter where `zeta_hf` cannot be imported
     (a package of that name that raises ImportError shadows the installed one), with a private HF cache under `tmp`
-    and, by default, no network. The child prints one JSON object as its last stdout line; it is returned."""
+    and, by default, no network. The child prints one JSON object as its last stdout line; it is returned (with the
+    child's stderr, for `with_stderr`). `stdin_open` gives the child an open pipe nobody writes to, as a terminal
+    nobody answers: a prompt would wait on it."""
     blocker = tmp / "no_zeta_hf"
     (blocker / "zeta_hf").mkdir(parents=True, exist_ok=True)
     (blocker / "zeta_hf" / "__init__.py").write_text('raise ImportError("zeta_hf is deliberately unavailable")\n')
@@ -87,7 +89,30 @@ def run_without_zeta_hf(script: str, *args: str, tmp: Path, offline: bool = True
     if offline:
         child_env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     child_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-c", _NO_ZETA_PRELUDE + textwrap.dedent(script), *args], cwd=workdir,
-                          env=child_env, stdin=stdin, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{proc.stderr[-5000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([sys.executable, "-c", _NO_ZETA_PRELUDE + textwrap.dedent(script), *args], cwd=workdir,
+                            env=child_env, stdin=subprocess.PIPE if stdin_open else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout) if not stdin_open else _wait_keeping_stdin(proc, timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"child failed (rc={proc.returncode}):\n{stderr[-5000:]}"
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return (result, stderr) if with_stderr else result
+
+
+def _wait_keeping_stdin(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`communicate()` would close stdin; read the child's output while its stdin stays open until it exits."""
+    import threading
+
+    out: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()))
+               for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    proc.wait(timeout=timeout)
+    for reader in readers:
+        reader.join()
+    proc.stdin.close()
+    return out["stdout"], out["stderr"]

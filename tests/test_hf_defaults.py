@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_without_zeta_hf
 from huggingface_hub import ModelCard, ModelCardData
 from test_cli import TINY
 from test_cli import zeta_hf as run_cli
@@ -150,31 +150,25 @@ def test_pipeline_with_default_arguments_continues_the_prompt(trained, trained_m
     assert text == PROMPT + pipe.tokenizer.decode(expected[ids.shape[1]:], skip_special_tokens=True)
 
 
-CHILD = textwrap.dedent(
-    """
-    import json, sys, time
-    if sys.argv[2] == "hidden":
-        sys.modules["zeta_hf"] = None  # `import zeta_hf` raises ImportError, as where it is not installed
-    else:
-        import zeta_hf  # noqa: F401
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+CHILD = """
+import json, sys, time
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    loaders = {
-        "hidden": [("AutoTokenizer, trust_remote_code=True",
-                    lambda path: AutoTokenizer.from_pretrained(path, trust_remote_code=True)),
-                   ("PreTrainedTokenizerFast", lambda path: PreTrainedTokenizerFast.from_pretrained(path))],
-        "installed": [("AutoTokenizer", lambda path: AutoTokenizer.from_pretrained(path))],
-    }
-    out = []
-    for name, load in loaders[sys.argv[2]]:
-        start = time.perf_counter()
-        tok = load(sys.argv[1])
-        out.append(dict(name=name, seconds=time.perf_counter() - start, module=type(tok).__module__,
-                        ids=tok("hé")["input_ids"]))
-    out.append(any(m == "zeta_hf" or m.startswith("zeta_hf.") for m, v in sys.modules.items() if v))
-    print(json.dumps(out))
-    """
-)
+loaders = {
+    "hidden": [("AutoTokenizer, trust_remote_code=True",
+                lambda path: AutoTokenizer.from_pretrained(path, trust_remote_code=True)),
+               ("PreTrainedTokenizerFast", lambda path: PreTrainedTokenizerFast.from_pretrained(path))],
+    "installed": [("AutoTokenizer", lambda path: AutoTokenizer.from_pretrained(path))],
+}
+out = []
+for name, load in loaders[sys.argv[2]]:
+    start = time.perf_counter()
+    tok = load(sys.argv[1])
+    out.append(dict(name=name, seconds=time.perf_counter() - start, module=type(tok).__module__,
+                    ids=tok("hé")["input_ids"]))
+out.append(any(m == "zeta_hf" or m.startswith("zeta_hf.") for m, v in sys.modules.items() if v))
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.parametrize("zeta_hf_state", ["hidden", "installed"])
@@ -186,20 +180,23 @@ def test_tokenizer_loads_silently_in_a_fresh_process(trained, tmp_path, zeta_hf_
     model code) before tokenizer_config.json. The flag runs no tokenizer code, and transformers' own
     `PreTrainedTokenizerFast` loads the folder with no flag at all.
     """
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(trained), zeta_hf_state], cwd=tmp_path,
-                                stdin=subprocess.PIPE, stdout=out, stderr=err)
+    if zeta_hf_state == "hidden":
+        result, stderr = run_without_zeta_hf(CHILD, str(trained), zeta_hf_state, tmp=tmp_path, stdin_open=True,
+                                             with_stderr=True, timeout=240)
+        stdout = json.dumps(result)
+    else:
+        proc = subprocess.Popen([sys.executable, "-c", "import zeta_hf\n" + CHILD, str(trained), zeta_hf_state],
+                                cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
         try:
-            proc.wait(timeout=240)
+            stdout, stderr = proc.communicate(timeout=240)
         finally:
-            proc.stdin.close()
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, stderr.read_text()[-3000:]
-    assert "custom code" not in stdout.read_text() + stderr.read_text()
-    assert "warn" not in stderr.read_text().lower() and "model of type" not in stderr.read_text(), stderr.read_text()
-    *loads, zeta_hf_loaded = json.loads(stdout.read_text().strip().splitlines()[-1])
+        assert proc.returncode == 0, stderr[-3000:]
+    assert "custom code" not in stdout + stderr
+    assert "warn" not in stderr.lower() and "model of type" not in stderr, stderr
+    *loads, zeta_hf_loaded = json.loads(stdout.strip().splitlines()[-1])
     assert zeta_hf_loaded is (zeta_hf_state == "installed")
     for load in loads:
         assert load["module"].startswith("transformers."), load  # transformers' own class, no code from the folder

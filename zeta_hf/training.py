@@ -228,7 +228,10 @@ def resolve_resume(args: argparse.Namespace, config, world_size: int, is_main: b
         if missing:
             raise CLIError(f"--resume {args.resume!r} is not a complete checkpoint (missing {', '.join(missing)}).")
     check_resume_compatible(checkpoint, config)
-    for name in ("optimizer.pt", "scheduler.pt"):  # read here so a damaged or malicious file is named in words
+    # read here (weights_only) so a damaged or malicious file is named in words; sharded FSDP state is read by torch's
+    # distributed checkpoint instead
+    pickled = [name for name in CHECKPOINT_LAYOUTS[checkpoint_layout(checkpoint)] if name.endswith((".pt", ".bin"))]
+    for name in (*pickled, "scheduler.pt"):
         torch_load_state(checkpoint / name, "--resume")
     return checkpoint
 
