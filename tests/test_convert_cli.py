@@ -17,15 +17,6 @@ import zeta_hf  # noqa: E402
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads cost more than they save, and oversubscribe the CPU under `-n`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _run_cli(checkpoint, kwargs_file, output_dir) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "zeta_hf.convert_zeta", "--checkpoint", str(checkpoint), "--kwargs", str(kwargs_file),

@@ -31,15 +31,6 @@ DECODER, ENCODER = "decoder", "encoder"
 BOTH = (DECODER, ENCODER)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads cost more than they save, and oversubscribe the CPU under `-n`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # id -> (Transformer kwargs, Decoder/Encoder kwargs, kinds the option allows)
 OPTIONS: dict[str, tuple[dict, dict, tuple[str, ...]]] = {
     # absolute positions

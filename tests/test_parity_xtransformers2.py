@@ -296,14 +296,6 @@ def oracle(tmp_path_factory) -> dict:
     return result
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def assert_close(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     assert torch.isfinite(got).all() and torch.isfinite(expected).all(), f"{what}: non-finite values"
