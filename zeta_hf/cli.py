@@ -232,7 +232,7 @@ def generate(args: argparse.Namespace) -> None:
             model.generate(ids, attention_mask=torch.ones_like(ids), streamer=streamer, **options)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    print()
+    # (the streamer ends the text with its own newline)
 
 
 def convert(argv: list[str]) -> None:
