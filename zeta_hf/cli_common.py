@@ -43,15 +43,22 @@ def check_positive(name: str, value: float | None, allow_zero: bool = False) -> 
         raise CLIError(f"{name} must be a finite number {bound}, but got {value}.")
 
 
-def check_creatable_folder(flag: str, path: Path) -> None:
-    """A folder that exists, or can be created: not a file, not under a file."""
+def folder_problem(flag: str, path: Path) -> str | None:
+    """Why `path` cannot be (or become) a folder, as a sentence naming `flag`: a file, or under a file; else None."""
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise CLIError(f"{flag} {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder.")
+                return f"{flag} {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder."
             break
     if path.exists() and not path.is_dir():
-        raise CLIError(f"{flag} {str(path)!r} exists and is not a folder.")
+        return f"{flag} {str(path)!r} exists and is not a folder."
+    return None
+
+
+def check_creatable_folder(flag: str, path: Path) -> None:
+    """A folder that exists, or can be created: not a file, not under a file."""
+    if problem := folder_problem(flag, path):
+        raise CLIError(problem)
 
 
 def no_space_left(err: BaseException) -> bool:

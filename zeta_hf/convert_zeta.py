@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import folder_problem
 from .configuration_zeta import ZetaConfig
 from .modeling_zeta import ZetaForCausalLM
 from .zeta_api import Decoder, Encoder, config_from_zeta_kwargs
@@ -449,13 +450,8 @@ def load_zeta_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
     """Refuse, before anything is read or written, an --output-dir that is a file, lies under a file, or holds files."""
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--output-dir {str(path)!r} cannot be created: {str(parent)!r} is a file.")
-            break
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output-dir {str(path)!r} exists and is not a folder.")
+    if problem := folder_problem("--output-dir", path):
+        raise ValueError(problem)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(f"--output-dir {str(path)!r} is not empty; pass --overwrite to replace the model in it, or "
                          "choose another folder.")

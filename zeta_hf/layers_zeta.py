@@ -345,6 +345,7 @@ class ZetaAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> (output, post-softmax weights or None, pre-softmax scores or None). With `output_attentions` the weights
         are always computed: the eager reference serves this call whatever the configured implementation."""
+        kwargs.pop("is_causal", None)  # (continuous batching passes one; ours is decided below, per call)
         b, n, _ = hidden_states.shape
         if context is not None:
             kv_input = context
@@ -386,7 +387,7 @@ class ZetaAttention(nn.Module):
             attn_output, attn_weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 is_causal=self.is_causal and attention_mask is None and n > 1,
-                **{name: arg for name, arg in kwargs.items() if name != "is_causal"},  # packed lengths (flash)
+                **kwargs,  # continuous batching's packed lengths (flash)
             )
         if self.head_scale is not None:
             attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)
