@@ -529,13 +529,6 @@ class ZetaConfig(PreTrainedConfig):
                 f"`tie_word_embeddings=True` produces `vocab_size` ({self.vocab_size}) logits, but `logits_dim` is "
                 f"{self.logits_dim}."
             )
-        for name in ("norm_bias", "norm_unit_offset", "scalenorm_dim_scale", "talking_heads_residual",
-                     "gate_values_bias", "lm_head_bias", "xl_memory"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, but got {getattr(self, name)!r}.")
-        if self.converted_from is not None and not isinstance(self.converted_from, str):
-            raise ValueError(f"`converted_from` must be a string such as 'x-transformers 2.31.10', but got "
-                             f"{self.converted_from!r}.")
         _check_range("tie_embedding_scale", self.tie_embedding_scale, 0.0, low_open=True)
         if self.tie_embedding_scale != 1.0 and not self.tie_word_embeddings:
             raise ValueError(
