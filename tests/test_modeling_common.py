@@ -383,7 +383,13 @@ class ModelCheckMixin:
         with torch.no_grad():
             plain = self.primary(model(ids, mems=mems, use_cache=False, **enc))
         assert plain.shape == self.output_shape(config) and torch.isfinite(plain).all()
-        if not self.takes_labels():
+        if not self.takes_labels():  # the base model: its hidden states are what the causal LM's head reads
+            lm = ZetaForCausalLM(config).eval()
+            lm.model.load_state_dict(model.state_dict())
+            with torch.no_grad():
+                out = lm(ids, mems=mems, use_cache=False, **enc)
+            assert_close(out.last_hidden_state, plain, 0.0, "causal LM's hidden states vs the base model's")
+            assert_close(out.logits, lm.lm_head(plain), 1e-6, "causal LM's logits vs its head on the base model's")
             return
         labels = self.labels_for(config, ids)
         with torch.no_grad():
