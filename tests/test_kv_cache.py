@@ -151,7 +151,8 @@ def test_single_position_rotary_layout_is_bit_identical(rotary_emb_dim, xpos, dt
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The lean decode step (`ZetaModel._decode_step`): the generic forward's numbers, bit for bit, or not taken at all
+# The lean decode step (`ZetaLayer.decode_step`, chosen by `ZetaModel._takes_decode_step`): the generic forward's
+# numbers, bit for bit, or not taken at all
 # ---------------------------------------------------------------------------------------------------------------------
 
 LEAN_CONFIGS = {
@@ -175,8 +176,8 @@ def decode_both_ways(model: ZetaForCausalLM, ids: torch.Tensor, steps: int) -> t
     with torch.no_grad():
         lean_cache = model(ids, use_cache=True).cache
         generic_cache = model(ids, use_cache=True).cache
-        served = lean_cache.zeta_decode_step
-        generic_cache.zeta_decode_step = False
+        served = lean_cache.zeta_layout.lean_decode
+        generic_cache.zeta_layout.lean_decode = False
         token = model(ids).logits[:, -1:].argmax(-1)
         lean, generic = [], []
         for _ in range(steps):
@@ -192,8 +193,8 @@ def test_lean_decode_step_is_bit_identical_to_the_generic_forward(name, dtype, m
     from zeta_hf.modeling_zeta import ZetaModel
 
     calls = []
-    original = ZetaModel._decode_step
-    monkeypatch.setattr(ZetaModel, "_decode_step", lambda self, *a: calls.append(1) or original(self, *a))
+    original = ZetaModel._takes_decode_step
+    monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
     model = tiny(**LEAN_CONFIGS[name]).to(dtype)
     ids = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(6))
     lean, generic, served = decode_both_ways(model, ids, steps=5)
@@ -220,8 +221,8 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     from zeta_hf.modeling_zeta import ZetaModel
 
     calls = []
-    original = ZetaModel._decode_step
-    monkeypatch.setattr(ZetaModel, "_decode_step", lambda self, *a: calls.append(1) or original(self, *a))
+    original = ZetaModel._takes_decode_step
+    monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
     overrides = {"alibi": dict(position_embedding="alibi"), "sandwich-norm": dict(norm_placement="sandwich"),
                  "qk-norm": dict(qk_norm=True), "shift-tokens": dict(shift_tokens=1)}.get(case, {})
     model = tiny(**overrides)
@@ -238,14 +239,14 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
         step_kwargs = dict(output_attentions=True)
     if case == "padded-mask":
         step_kwargs = dict(attention_mask=torch.tensor([[0] + [1] * 6, [1] * 7]))
-    if case in ("output-attentions", "padded-mask"):
-        assert cache.zeta_decode_step  # served in general, but not for this call
+    if case in ("output-attentions", "padded-mask", "alibi"):  # (ALiBi: the call's bias over the key axis)
+        assert cache.zeta_layout.lean_decode  # served in general, but not for this call
     else:
-        assert not cache.zeta_decode_step
+        assert not cache.zeta_layout.lean_decode
     with torch.no_grad():
         token = torch.ones(2, 1, dtype=torch.long)
         fresh = model(ids, use_cache=True).cache
-        fresh.zeta_decode_step = False
+        fresh.zeta_layout.lean_decode = False
         got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
         assert not calls, f"{case}: the step went through the lean decode step"
         want = model(token, cache=fresh, use_cache=True, **step_kwargs).logits

@@ -341,6 +341,7 @@ class ZetaAttention(nn.Module):
         context: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
         output_attentions: bool = False,
+        attention_interface: Callable | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> (output, post-softmax weights or None, pre-softmax scores or None). With `output_attentions` the weights
@@ -380,10 +381,18 @@ class ZetaAttention(nn.Module):
         if self.needs_scores:
             scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
             attn_output, attn_weights = attend(self, scores, value, dropout)
+        elif (attention_interface is sdpa_attention_forward and attention_mask is None and not output_attentions
+              and self.num_key_value_groups == 1):
+            # all transformers' sdpa function would do here is call PyTorch's: a decode step saves its bookkeeping
+            attn_output = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=dropout, is_causal=self.is_causal and n > 1, scale=self.scaling
+            ).transpose(1, 2)  # (b, n, h, d)
+            attn_weights = None
         else:
-            attention_interface: Callable = eager_attention_forward if output_attentions else (
-                ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-            )
+            if output_attentions or attention_interface is None:  # the maps come from the eager reference
+                attention_interface = eager_attention_forward if output_attentions else (
+                    ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+                )
             attn_output, attn_weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 is_causal=self.is_causal and attention_mask is None and n > 1,

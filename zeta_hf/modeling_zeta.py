@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -404,14 +404,137 @@ def block_starts(layer_pattern: tuple[str, ...]) -> tuple[int, ...]:
 
 
 @dataclass
-class _Layout:
-    """Where everything sits on the key axis for one forward call."""
+class ZetaCacheLayout:
+    """What a cache remembers of its sequence's key axis, set at prefill (`cache.zeta_layout`): where tokens start."""
 
-    past_length: int  # cached key/values (all prefixes included)
-    prefix_length: int  # memory K/V slots + XL mems + memory tokens (never masked)
-    prepend_length: int  # prepended embeddings (part of the masked sequence, not of the tokens)
-    new_prefix: int  # key slots entering before the queries in this call (mem-kv slots + XL mems, prefill only)
-    num_queries: int  # rows computed in this call (memory tokens + prepend + tokens)
+    prefix_length: int  # memory K/V slots + XL mems + memory tokens: never masked, never token positions
+    prepend_length: int  # prepended embeddings: masked like tokens, but not counted as token positions
+    lean_decode: bool = False  # every layer serves `ZetaLayer.decode_step` and nothing has hooks (decided at prefill)
+
+
+@dataclass
+class ZetaPlan:
+    """The layout of one forward call along the key axis, built once per call by `ZetaModel.plan`.
+
+    Every position the model needs is answered here: token positions (absolute embeddings), the query and key
+    positions on the key axis (rotary, relative biases, the sliding window), the length a 2-D `attention_mask` must
+    have, and which rows are padding. A static cache (fixed size, for compiling) and continuous batching's paged cache
+    hold tokens only: their positions and mask are the caller's (`fixed_cache`).
+    """
+
+    batch: int
+    num_tokens: int  # token rows of this call
+    past_length: int  # cached key slots, every prefix included (0 at prefill and with a static cache)
+    layout: ZetaCacheLayout
+    num_memory_kv: int  # learned memory K/V slots (enter the key axis at prefill)
+    mem_length: int  # XL memories entering the key axis in this call (prefill only)
+    memory_token_rows: int  # memory-token rows computed in this call (prefill only)
+    mask: torch.Tensor | None  # padding mask (b, mask_length), None when nothing is padded; with `fixed_cache`, as given
+    device: torch.device
+    fixed_cache: Cache | PagedAttentionCache | None = None  # static or paged: see `ZetaModel.plan`
+    attn_implementation: str = "sdpa"
+    _query_positions: torch.Tensor | None = field(default=None, repr=False)  # (rotary and biases both ask)
+
+    @property
+    def prefill(self) -> bool:
+        return self.past_length == 0
+
+    @property
+    def prepend_rows(self) -> int:
+        return self.layout.prepend_length if self.prefill else 0
+
+    @property
+    def num_queries(self) -> int:
+        """Rows computed in this call: memory tokens + prepended embeddings (prefill only) + tokens."""
+        return self.memory_token_rows + self.prepend_rows + self.num_tokens
+
+    @property
+    def key_length(self) -> int:
+        """Keys self-attention sees: the cache, then memory K/V slots and XL mems (prefill only), then the rows."""
+        new_prefix = self.num_memory_kv + self.mem_length if self.prefill else 0
+        return self.past_length + new_prefix + self.num_queries
+
+    @property
+    def mask_length(self) -> int:
+        """What a 2-D `attention_mask` covers: the cached, prepended and new rows (prefixes excluded)."""
+        past_rows = self.past_length - self.layout.prefix_length if self.past_length else 0
+        return past_rows + self.prepend_rows + self.num_tokens
+
+    def token_positions(self) -> torch.Tensor:
+        """Positions (b | 1, n) of this call's tokens, counted from the sequence's first token (absolute embeddings)."""
+        arange = torch.arange(self.num_tokens, device=self.device)
+        if self.fixed_cache is not None:  # a static cache's length is a tensor: a compiled step does not recompile
+            return (self.fixed_cache.get_seq_length() + arange)[None]
+        if self.mask is not None:
+            return unpadded_positions(self.mask[:, self.layout.prepend_length:])[:, -self.num_tokens:]
+        past_tokens = self.past_length - self.layout.prefix_length - self.layout.prepend_length if self.past_length else 0
+        return (past_tokens + arange)[None]
+
+    def query_positions(self) -> torch.Tensor:
+        """Key-axis positions (b | 1, i) of this call's rows: memory tokens (prefill), prepended rows and tokens."""
+        if self._query_positions is not None:
+            return self._query_positions
+        rows = self.prepend_rows + self.num_tokens
+        if self.mask is not None:
+            positions = unpadded_positions(self.mask)[:, -rows:]  # left padding does not move a row
+        else:
+            past_rows = self.past_length - self.layout.prefix_length if self.past_length else 0
+            positions = (past_rows + torch.arange(rows, device=self.device))[None]
+        positions = self.layout.prefix_length + positions
+        if self.memory_token_rows:  # right after the memory K/V slots and XL mems
+            first = self.layout.prefix_length - self.memory_token_rows
+            memory = (first + torch.arange(self.memory_token_rows, device=self.device))[None]
+            positions = torch.cat((memory.expand(positions.shape[0], -1), positions), dim=1)
+        self._query_positions = positions
+        return positions
+
+    def key_positions(self) -> torch.Tensor:
+        """Key-axis positions (b | 1, j) of every key: the prefix as it lies, the rest without left padding."""
+        keys = torch.arange(self.key_length, device=self.device)
+        if self.mask is None:
+            return keys[None]
+        prefix = keys[: self.layout.prefix_length][None].expand(self.batch, -1)
+        return torch.cat((prefix, self.layout.prefix_length + unpadded_positions(self.mask)), dim=1)
+
+    def key_keep(self) -> torch.Tensor:
+        """Which keys are real (b | 1, 1, 1, j): every prefix slot, and the rows the mask keeps."""
+        if self.mask is None:
+            return torch.ones((1, 1, 1, self.key_length), dtype=torch.bool, device=self.device)
+        prefix = torch.ones(self.batch, self.layout.prefix_length, dtype=torch.bool, device=self.device)
+        return torch.cat((prefix, self.mask.bool()), dim=1)[:, None, None, :]
+
+    def query_keep(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """(b, i, 1) ones at real rows and zeros at padded ones (Zeta zeroes attention outputs there), or None."""
+        if self.mask is None:
+            return None
+        rows = self.mask[:, -(self.prepend_rows + self.num_tokens):]
+        if self.memory_token_rows:
+            memory = torch.ones(self.batch, self.memory_token_rows, dtype=rows.dtype, device=self.device)
+            rows = torch.cat((memory, rows), dim=1)
+        return rows[..., None].to(dtype)
+
+
+@dataclass
+class _AttentionInputs:
+    """What every self-attention layer of one call receives besides the hidden states."""
+
+    rotary: tuple | None = None  # (query tables, key tables) from `RotaryEmbedding`
+    bias: torch.Tensor | None = None  # additive (b | 1, h | 1, i, j): masks and position biases
+    raw_bias: torch.Tensor | None = None  # the position bias alone, for sparse top-k's `zeta_inverted` mode
+    query_keep: torch.Tensor | None = None  # (b, i, 1): padded query rows
+    cross_mask: torch.Tensor | None = None  # additive mask over the encoder states
+
+
+@dataclass
+class _Collected:
+    """What a forward keeps besides the last hidden state, as asked (`output_*`)."""
+
+    skip: int  # memory-token rows, left out of hidden states and attention maps
+    hidden: list | None = None  # one per block (`block_starts`)
+    branch: list | None = None  # the input of every residual branch
+    attentions: list | None = None
+    attention_inputs: list | None = None  # the residual stream entering each self-attention layer (XL mems)
+    starts: frozenset = frozenset()  # layer indices where a block starts
 
 
 class ZetaModel(ZetaPreTrainedModel):
@@ -523,6 +646,139 @@ class ZetaModel(ZetaPreTrainedModel):
                 if m.shape[1] != mems[0].shape[1]:
                     raise ValueError(f"All `mems` must have the same length, but `mems[{i}]` has {m.shape[1]}.")
 
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        mems: list[torch.Tensor] | None = None,
+        output_mems: bool | None = None,
+        pos: torch.Tensor | None = None,
+        sum_embeds: torch.Tensor | None = None,
+        prepend_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        output_branch_states: bool = False,
+        **kwargs,
+    ) -> ZetaModelOutput:
+        """Token ids -> plan -> embed -> layers -> final norm.
+
+        `hidden_states` holds one tensor per block (`block_starts`), `branch_states` one per residual branch.
+        `output_attentions=True` returns every attention layer's post-softmax maps (b, h, i, j) under any attention
+        implementation: that call computes attention with the eager reference (sdpa returns no maps).
+        """
+        if "past_key_values" in kwargs and cache is None:
+            cache = kwargs.pop("past_key_values")
+        if isinstance(cache, PagedAttentionCache):  # transformers' continuous batching (`generate_batch`, serving)
+            return self._paged_forward(input_ids, attention_mask, position_ids, cache, **kwargs)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
+        cache, use_cache = self._cache_for_call(cache, use_cache, mems, output_mems)
+        seq = input_ids if input_ids is not None else inputs_embeds
+        plan = self.plan(seq, attention_mask, cache, mems, prepend_embeds)
+
+        if position_ids is None:
+            position_ids = plan.token_positions()
+        x = self.embed(input_ids, inputs_embeds, position_ids, pos, sum_embeds, prepend_embeds)
+        if plan.memory_token_rows:
+            x = torch.cat((self.memory_tokens.to(x.dtype).expand(plan.batch, -1, -1), x), dim=1)
+        inputs = self.attention_inputs(plan, position_ids, x.dtype, eager=bool(output_attentions))
+        inputs.cross_mask = self._cross_attention_mask(
+            encoder_hidden_states, encoder_attention_mask, x.shape[1], x.dtype, plan.batch
+        )
+        kept = _Collected(
+            skip=plan.memory_token_rows,
+            hidden=[] if output_hidden_states else None,
+            branch=[] if output_branch_states else None,
+            attentions=[] if output_attentions else None,
+            attention_inputs=[] if (output_mems or output_branch_states) else None,  # depth x (b, n, d): only if asked
+            starts=frozenset(block_starts(self.config.layer_pattern)) if output_hidden_states else frozenset(),
+        )
+        if mems is not None and self.config.shift_mem_down:
+            mems = [*mems[self.config.shift_mem_down:], *mems[: self.config.shift_mem_down]]
+        x = self.run_layers(x, plan, inputs, cache, mems, encoder_hidden_states, kept)
+
+        memory_states, x = (x[:, : plan.memory_token_rows], x[:, plan.memory_token_rows:]) if plan.memory_token_rows else (None, x)
+        for states in (kept.hidden, kept.branch):
+            if states is not None:
+                states.append(x)
+        return ZetaModelOutput(
+            last_hidden_state=x,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(kept.hidden) if output_hidden_states else None,
+            attentions=tuple(kept.attentions) if output_attentions else None,
+            mems=self._next_mems(kept.attention_inputs, mems) if output_mems else None,
+            memory_states=memory_states,
+            branch_states=tuple(kept.branch) if output_branch_states else None,
+            attention_inputs=tuple(kept.attention_inputs) if output_branch_states else None,
+        )
+
+    def _cache_for_call(self, cache: Cache | None, use_cache: bool | None, mems, output_mems) -> tuple[Cache | None, bool]:
+        """The cache this call reads and writes (a new `DynamicCache` when caching with none given), and `use_cache`."""
+        cfg = self.config
+        use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
+        if not cfg.xl_memory and (mems is not None or output_mems):
+            raise ValueError(
+                f"This model (converted from {cfg.converted_from or 'a source with other memory semantics'}) has "
+                "`xl_memory=False`: Transformer-XL `mems` / `output_mems` would not reproduce the original's "
+                "recurrence, so they are refused."
+            )
+        if use_cache and not self.supports_cache:
+            raise ValueError(
+                "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
+                "`rotary_rotate_values`): pass `use_cache=False`."
+            )
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if not use_cache and cache is not None and cache.get_seq_length() == 0:
+            cache = None  # an empty cache that will not be kept: nothing to read or write
+        return cache, bool(use_cache)
+
+    # ---- the call's layout ----
+    def plan(
+        self, seq: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None,
+        mems: list[torch.Tensor] | None = None, prepend_embeds: torch.Tensor | None = None,
+    ) -> ZetaPlan:
+        """The call's `ZetaPlan`. At prefill it records the sequence's layout on the cache; later calls read it back."""
+        cfg = self.config
+        b, n = seq.shape[:2]
+        common = dict(batch=b, num_tokens=n, device=seq.device, num_memory_kv=cfg.num_memory_kv,
+                      attn_implementation=cfg._attn_implementation)
+        if isinstance(cache, PagedAttentionCache) or (cache is not None and cache.is_compileable):
+            self._check_fixed_cache(cache, mems, prepend_embeds, attention_mask)
+            return ZetaPlan(past_length=0, layout=cache.zeta_layout, mem_length=0, memory_token_rows=0,
+                            mask=attention_mask, fixed_cache=cache, **common)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if past_length == 0:
+            mem_length = mems[0].shape[1] if mems else 0
+            layout = ZetaCacheLayout(prefix_length=cfg.num_memory_kv + mem_length + cfg.num_memory_tokens,
+                                     prepend_length=prepend_embeds.shape[1] if prepend_embeds is not None else 0)
+            if cache is not None:
+                # decided once per sequence: walking the modules costs more than a decode step may
+                layout.lean_decode = self._serves_decode_step()
+                cache.zeta_layout = layout
+                if isinstance(cache, DynamicCache):
+                    use_growing_kv_layers(cache, cfg.num_attention_layers)
+        else:
+            if prepend_embeds is not None:
+                raise ValueError("`prepend_embeds` can only be passed at prefill, with an empty cache.")
+            mem_length = 0
+            # (a cache filled by hand, without a prefill through this model, holds only the learned prefixes)
+            layout = getattr(cache, "zeta_layout", None) or ZetaCacheLayout(cfg.num_memory_kv + cfg.num_memory_tokens, 0)
+        plan = ZetaPlan(past_length=past_length, layout=layout, mem_length=mem_length,
+                        memory_token_rows=cfg.num_memory_tokens if past_length == 0 else 0, mask=None, **common)
+        # a mask without padding is dropped, so the common case builds no bias at all
+        if attention_mask is not None and not self._mask_keeps_all(attention_mask, b, plan.mask_length):
+            plan.mask = attention_mask
+        return plan
+
     @staticmethod
     def _mask_keeps_all(mask: torch.Tensor, batch: int, expected: int) -> bool:
         """Check a 2-D `attention_mask` over the cached, prepended and new positions; True when nothing is padded."""
@@ -535,77 +791,63 @@ class ZetaModel(ZetaPreTrainedModel):
             raise TypeError(f"`attention_mask` must be a bool or integer 0/1 tensor, but got dtype {mask.dtype}.")
         return bool(mask.all())
 
-    # ---- positions along the key axis ----
-    def _sequence_positions(self, layout: _Layout, mask: torch.Tensor | None, device) -> torch.Tensor:
-        """Positions (b | 1, s) of the sequence rows of this call (prepend + tokens), counted from the first one."""
-        s = layout.num_queries - (self.config.num_memory_tokens if layout.past_length == 0 else 0)
-        if mask is not None:
-            return unpadded_positions(mask)[:, -s:]
-        past_seq = layout.past_length - layout.prefix_length if layout.past_length else 0
-        return (past_seq + torch.arange(s, device=device))[None]
-
-    def _relative_inputs(self, layout: _Layout, mask: torch.Tensor | None, mem_len: int, device, eager: bool = False):
-        """Rotary cos/sin for queries and new keys, and the additive attention bias (b | 1, h | 1, i, j) or None.
+    # ---- what the attention layers receive ----
+    def attention_inputs(self, plan: ZetaPlan, position_ids: torch.Tensor, dtype: torch.dtype, eager: bool = False
+                         ) -> _AttentionInputs:
+        """Rotary tables, the additive bias over the key axis and the padded rows, from the plan.
 
         `eager`: attention runs eager in this call whatever the implementation (it returns maps), so causal masking
         must be an explicit bias."""
-        cfg, prefill = self.config, layout.past_length == 0
-        n_kv_slots = cfg.num_memory_kv
-        seq_pos = layout.prefix_length + self._sequence_positions(layout, mask, device)  # key-axis positions
-        if prefill and cfg.num_memory_tokens:
-            mem_tok_pos = (n_kv_slots + mem_len + torch.arange(cfg.num_memory_tokens, device=device))[None]
-            seq_pos = torch.cat((mem_tok_pos.expand(seq_pos.shape[0], -1), seq_pos), dim=1)
-        query_pos = seq_pos
-        kv_len = layout.past_length + layout.new_prefix + layout.num_queries
+        if plan.fixed_cache is not None:  # positions are the token positions; the mask spans the fixed key axis
+            rotary = None if self.rotary_emb is None else (self.rotary_emb(position_ids, 0),) * 2
+            bias = plan.mask  # continuous batching: the engine's block-diagonal mask (None for flash)
+            if not isinstance(plan.fixed_cache, PagedAttentionCache) and (bias is None or bias.dim() == 2):
+                bias = static_cache_mask(plan.fixed_cache, bias, plan.batch, plan.num_tokens, self.dtype, plan.device)
+            return _AttentionInputs(rotary, bias)
+        bias, raw_bias = self._attention_bias(plan, eager)
+        return _AttentionInputs(self._rotary(plan), bias, raw_bias, plan.query_keep(dtype))
 
-        rotary = None
-        if self.rotary_emb is not None:
-            # rotary counts positions without the memory K/V slots, which are never rotated
-            q_rot = query_pos - n_kv_slots
-            total = kv_len - n_kv_slots
-            q_rotary = self.rotary_emb(q_rot, total)
-            k_rotary = q_rotary  # new keys sit where the queries are, unless XL mems precede them
-            if prefill and mem_len:
-                k_rot = torch.cat((torch.arange(mem_len, device=device)[None].expand(q_rot.shape[0], -1), q_rot), dim=1)
-                k_rotary = self.rotary_emb(k_rot, total)
-            rotary = (q_rotary, k_rotary)
+    def _rotary(self, plan: ZetaPlan) -> tuple | None:
+        """Rotary tables for the queries and the new keys; rotary counts positions without the memory K/V slots."""
+        if self.rotary_emb is None:
+            return None
+        total = plan.key_length - plan.num_memory_kv
+        query_positions = plan.query_positions() - plan.num_memory_kv
+        query = self.rotary_emb(query_positions, total)
+        if not plan.mem_length:
+            return query, query  # new keys sit where the queries are, unless XL mems precede them
+        mems = torch.arange(plan.mem_length, device=plan.device)[None].expand(query_positions.shape[0], -1)
+        return query, self.rotary_emb(torch.cat((mems, query_positions), dim=1), total)
 
-        padded = mask is not None
-        extra = cfg.extra_key_slots
-        needs_mask = padded or self.position_bias is not None or cfg.max_attend_past is not None or (
-            layout.num_queries > 1
-            and (extra > 0 or (cfg.is_causal and (kv_len > layout.num_queries or self._eager_like or eager)))
+    def _attention_bias(self, plan: ZetaPlan, eager: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The additive bias (b | 1, h | 1, i, j) over the key axis and the raw position bias, or None where the
+        attention function's own causal flag suffices."""
+        cfg = self.config
+        extra, num_queries, key_length = cfg.extra_key_slots, plan.num_queries, plan.key_length
+        explicit_causal = cfg.is_causal and (key_length > num_queries or self._eager_like or eager)
+        needs_bias = plan.mask is not None or self.position_bias is not None or cfg.max_attend_past is not None or (
+            num_queries > 1 and (extra > 0 or explicit_causal)
         )
-        if not needs_mask:
-            return rotary, None, None
-
-        key_index = torch.arange(kv_len, device=device)
-        if padded:
-            key_pos = torch.cat(
-                (key_index[: layout.prefix_length][None].expand(mask.shape[0], -1),
-                 layout.prefix_length + unpadded_positions(mask)), dim=1
-            )
-        else:
-            key_pos = key_index[None]
+        if not needs_bias:
+            return None, None
         dtype = self.dtype
-        bias = torch.zeros((), dtype=dtype, device=device)
+        query_positions, key_positions = plan.query_positions(), plan.key_positions()
+        bias = torch.zeros((), dtype=dtype, device=plan.device)
         if self.position_bias is not None:
-            bias = self.position_bias(query_pos, key_pos).to(dtype)  # (b, h, i, j)
-        keep = torch.ones((1, 1, 1, kv_len), dtype=torch.bool, device=device)
-        if padded:
-            prefix = torch.ones(mask.shape[0], layout.prefix_length, dtype=torch.bool, device=device)
-            keep = torch.cat((prefix, mask.bool()), dim=1)[:, None, None, :]  # (b, 1, 1, j)
+            bias = self.position_bias(query_positions, key_positions).to(dtype)  # (b, h, i, j)
+        keep = plan.key_keep()  # (b | 1, 1, 1, j)
         if cfg.is_causal:
-            query_index = kv_len - layout.num_queries + torch.arange(layout.num_queries, device=device)
+            key_index = torch.arange(key_length, device=plan.device)
+            query_index = key_length - num_queries + torch.arange(num_queries, device=plan.device)
             keep = keep & (key_index[None, :] <= query_index[:, None])[None, None]  # (b, 1, i, j)
         if cfg.max_attend_past is not None:  # sliding window
-            keep = keep & ((query_pos[:, :, None] - key_pos[:, None, :]) <= cfg.max_attend_past)[:, None]
+            keep = keep & ((query_positions[:, :, None] - key_positions[:, None, :]) <= cfg.max_attend_past)[:, None]
         combined = torch.where(keep, bias, torch.finfo(dtype).min)
         raw_bias = bias if (cfg.sparse_topk_mode == "zeta_inverted" and self.position_bias is not None) else None
         if extra:  # the zero key/value slot in front: always visible, no bias
             combined = F.pad(combined, (extra, 0))
             raw_bias = F.pad(raw_bias, (extra, 0)) if raw_bias is not None else None
-        return rotary, combined, raw_bias
+        return combined, raw_bias
 
     @property
     def _eager_like(self) -> bool:
@@ -648,198 +890,90 @@ class ZetaModel(ZetaPreTrainedModel):
             x = x * cfg.emb_frac_gradient + x.detach() * (1 - cfg.emb_frac_gradient)
         return self.project_emb(self.embedding_dropout(x))
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        mems: list[torch.Tensor] | None = None,
-        output_mems: bool | None = None,
-        pos: torch.Tensor | None = None,
-        sum_embeds: torch.Tensor | None = None,
-        prepend_embeds: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        output_branch_states: bool = False,
-        **kwargs,
-    ) -> ZetaModelOutput:
-        """`hidden_states` holds one tensor per block (`block_starts`), `branch_states` one per residual branch.
+    # ---- the layers ----
+    def run_layers(
+        self, x: torch.Tensor, plan: ZetaPlan, inputs: _AttentionInputs, cache: Cache | None,
+        mems: list[torch.Tensor] | None, context: torch.Tensor | None, kept: _Collected, **attn_kwargs,
+    ) -> torch.Tensor:
+        """The residual stack, then the final norm (resiDual: its outer residual stream, normed, added back).
 
-        `output_attentions=True` returns every attention layer's post-softmax maps (b, h, i, j) under any attention
-        implementation: that call computes attention with the eager reference (sdpa returns no maps).
-        """
+        `attn_kwargs` are continuous batching's per-batch indices (for its paged cache) and packed lengths."""
         cfg = self.config
-        if "past_key_values" in kwargs and cache is None:
-            cache = kwargs.pop("past_key_values")
-        if isinstance(cache, PagedAttentionCache):  # transformers' continuous batching (`generate_batch`, serving)
-            return self._paged_forward(input_ids, attention_mask, position_ids, cache, **kwargs)
-        output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        use_cache = use_cache if use_cache is not None else (cfg.use_cache and self.supports_cache and not self.training)
-        self._check_inputs(input_ids, inputs_embeds, mems, cache, prepend_embeds, sum_embeds, pos)
-        if not cfg.xl_memory and (mems is not None or output_mems):
-            raise ValueError(
-                f"This model (converted from {cfg.converted_from or 'a source with other memory semantics'}) has "
-                "`xl_memory=False`: Transformer-XL `mems` / `output_mems` would not reproduce the original's "
-                "recurrence, so they are refused."
-            )
-        if use_cache and not self.supports_cache:
-            raise ValueError(
-                "This configuration cannot be cached exactly (an encoder, or `rotary_xpos` with "
-                "`rotary_rotate_values`): pass `use_cache=False`."
-            )
-        if use_cache and cache is None:
-            cache = DynamicCache()
-        if not use_cache:
-            cache = None if cache is None or cache.get_seq_length() == 0 else cache
-        if (  # one new token per row on a warm cache, no extras asked for: the lean step (see `_decode_step`)
-            use_cache
-            and getattr(cache, "zeta_decode_step", False)
-            and input_ids is not None
-            and input_ids.shape[1] == 1
-            and not self.training
-            and all(v is None for v in (mems, pos, sum_embeds, prepend_embeds, encoder_hidden_states))
-            and not (output_attentions or output_hidden_states or output_mems or output_branch_states)
-            and not torch.compiler.is_compiling()
-            # last: it syncs, and a call that goes on to the generic forward would check the mask there again
-            and (attention_mask is None or self._mask_keeps_all(
-                attention_mask, input_ids.shape[0], cache.get_seq_length() - cache.zeta_prefix[0] + 1))
-        ):
-            return self._decode_step(input_ids, position_ids, cache)
-
-        seq = input_ids if input_ids is not None else inputs_embeds
-        b, n = seq.shape[:2]
-        device = seq.device
-        # A fixed-size (static) cache: keys past the filled part exist and are masked; see `static_cache_mask`. Its
-        # length is a tensor (so a compiled decode step does not recompile); nothing below needs it as a number.
-        static = cache is not None and cache.is_compileable
-        past_length = cache.get_seq_length() if cache is not None and not static else 0
-        prefill = past_length == 0
-        if not prefill and prepend_embeds is not None:
-            raise ValueError("`prepend_embeds` can only be passed at prefill, with an empty cache.")
-        mem_len = mems[0].shape[1] if mems else 0
-        m = prepend_embeds.shape[1] if prepend_embeds is not None else 0
-        if prefill:
-            prefix_length = cfg.num_memory_kv + mem_len + cfg.num_memory_tokens
-            if cache is not None:
-                cache.zeta_prefix = (prefix_length, m)  # the cache remembers its own layout
-                if isinstance(cache, DynamicCache):
-                    use_growing_kv_layers(cache, cfg.num_attention_layers)
-                # decided once per sequence: walking the modules costs more than a decode step may
-                cache.zeta_decode_step = not static and self._serves_decode_step()
-        else:
-            prefix_length, m = getattr(cache, "zeta_prefix", (cfg.num_memory_kv + cfg.num_memory_tokens, 0))
-        layout = _Layout(
-            past_length=past_length,
-            prefix_length=prefix_length,
-            prepend_length=m,
-            new_prefix=(cfg.num_memory_kv + mem_len) if prefill else 0,
-            num_queries=(cfg.num_memory_tokens if prefill else 0) + (m if prefill else 0) + n,
-        )
-
-        if static:
-            self._check_static_cache(cache, mems, prepend_embeds, attention_mask)
-            if attention_mask is None or attention_mask.dim() == 2:
-                attention_mask = static_cache_mask(cache, attention_mask, b, n, self.dtype, device)
-            if position_ids is None:
-                position_ids = (cache.get_seq_length() + torch.arange(n, device=device))[None]  # (1, n)
-
-        # A mask without padding is dropped, so the common case takes the lean path.
-        mask = attention_mask if not static else None
-        if mask is not None:
-            expected = past_length - (prefix_length if past_length else 0) + (m if prefill else 0) + n
-            mask = None if self._mask_keeps_all(mask, b, expected) else mask
-
-        if position_ids is None:
-            if mask is not None:
-                position_ids = unpadded_positions(mask[:, m:])[:, -n:]
-            else:
-                past_tokens = past_length - prefix_length - m if past_length else 0
-                position_ids = (past_tokens + torch.arange(n, device=device))[None]
-
-        x = self.embed(input_ids, inputs_embeds, position_ids, pos, sum_embeds, prepend_embeds)
-        if prefill and self.memory_tokens is not None:
-            x = torch.cat((self.memory_tokens.to(x.dtype).expand(b, -1, -1), x), dim=1)
-        if mems is not None and cfg.shift_mem_down:
-            mems = [*mems[cfg.shift_mem_down:], *mems[: cfg.shift_mem_down]]
-
-        if static:  # the mask is ready; rotary positions are the token positions
-            rotary, attn_bias, raw_bias = None, attention_mask, None
-            if self.rotary_emb is not None:
-                rotary = (self.rotary_emb(position_ids, 0),) * 2
-        else:
-            rotary, attn_bias, raw_bias = self._relative_inputs(layout, mask, mem_len, device, eager=bool(output_attentions))
-        query_keep = None
-        if mask is not None:
-            rows = mask[:, -(layout.num_queries - (cfg.num_memory_tokens if prefill else 0)):]
-            if prefill and cfg.num_memory_tokens:
-                rows = torch.cat((torch.ones(b, cfg.num_memory_tokens, dtype=rows.dtype, device=device), rows), dim=1)
-            query_keep = rows[..., None].to(x.dtype)  # (b, i, 1)
-        cross_mask = self._cross_attention_mask(
-            encoder_hidden_states, encoder_attention_mask, x.shape[1], x.dtype, x.shape[0]
-        )
-
-        n_mem_tok = cfg.num_memory_tokens if prefill else 0
-        all_hidden, all_branch, all_attn, layer_inputs = [], [], [], []
-        starts = set(block_starts(cfg.layer_pattern)) if output_hidden_states else ()
+        layer_dropout, scale = (cfg.layer_dropout if self.training else 0.0), cfg.resi_dual_scale
+        residual_attn, cross_residual_attn = cfg.residual_attn, cfg.cross_residual_attn
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(plan.attn_implementation, eager_attention_forward)
+        eager = kept.attentions is not None
+        if self._takes_decode_step(plan, inputs, kept):
+            for layer in self.layers:
+                x = layer.decode_step(x, cache, inputs.rotary, attention)
+            return self.norm.forward(x)  # no hooks: `_serves_decode_step`
         prev_scores = prev_cross_scores = None
-        outer_residual = x * cfg.resi_dual_scale if cfg.norm_placement == "resi_dual" else None
+        outer_residual = x * scale if cfg.norm_placement == "resi_dual" else None
         for idx, layer in enumerate(self.layers):
-            if idx in starts:  # before stochastic depth: one state per block, whichever layers run
-                all_hidden.append(x[:, n_mem_tok:])
-            if self.training and cfg.layer_dropout > 0 and torch.rand(()) < cfg.layer_dropout:
+            if kept.hidden is not None and idx in kept.starts:  # before stochastic depth: one state per block
+                kept.hidden.append(x[:, kept.skip:])
+            if layer_dropout > 0 and torch.rand(()) < layer_dropout:
                 continue  # stochastic depth
-            if output_branch_states:
-                all_branch.append(x[:, n_mem_tok:])
+            if kept.branch is not None:
+                kept.branch.append(x[:, kept.skip:])
             if layer.kind == "attn":
-                if output_mems or output_branch_states:  # kept alive only when asked for: depth x (b, n, d)
-                    layer_inputs.append(x)
+                if kept.attention_inputs is not None:
+                    kept.attention_inputs.append(x)
                 mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
-                x, branch, weights, scores = layer(x, attn_bias, query_keep, prev_scores, cache=cache, rotary=rotary,
-                                                   mem=mem, prefill=prefill, position_bias=raw_bias,
-                                                   output_attentions=output_attentions)
-                prev_scores = scores if cfg.residual_attn else None
+                x, branch, weights, scores = layer(
+                    x, inputs.bias, inputs.query_keep, prev_scores, cache=cache, rotary=inputs.rotary, mem=mem,
+                    prefill=plan.prefill, position_bias=inputs.raw_bias, output_attentions=eager,
+                    attention_interface=attention, **attn_kwargs,
+                )
+                prev_scores = scores if residual_attn else None
             elif layer.kind == "cross":
-                x, branch, weights, scores = layer(x, cross_mask, query_keep, prev_cross_scores, encoder_hidden_states,
-                                                   cache=cache, output_attentions=output_attentions)
-                prev_cross_scores = scores if cfg.cross_residual_attn else None
+                x, branch, weights, scores = layer(x, inputs.cross_mask, inputs.query_keep, prev_cross_scores, context,
+                                                   cache=cache, output_attentions=eager, attention_interface=attention)
+                prev_cross_scores = scores if cross_residual_attn else None
             else:
-                x, branch, weights, _ = layer(x, None, query_keep, cache=cache)
+                x, branch, weights, _ = layer(x, None, inputs.query_keep, cache=cache)
             if outer_residual is not None:
-                outer_residual = outer_residual + branch * cfg.resi_dual_scale
-            if output_attentions and layer.kind != "ff":
-                all_attn.append(weights[:, :, n_mem_tok:])
-        x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
+                outer_residual = outer_residual + branch * scale
+            if eager and layer.kind != "ff":
+                kept.attentions.append(weights[:, :, kept.skip:])
+        return x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
 
-        new_mems = None
-        if output_mems:
-            new_mems = []
-            for i, hidden in enumerate(layer_inputs):
-                if mems is not None:
-                    hidden = torch.cat((mems[i], hidden), dim=1)
-                if cfg.max_mem_len:
-                    hidden = hidden[:, -cfg.max_mem_len:]
-                new_mems.append(hidden.detach())
+    # ---- the lean decode step ----
+    def _serves_decode_step(self) -> bool:
+        """Whether every layer may run `ZetaLayer.decode_step` at this sequence's decode steps: each one serves it
+        (`ZetaLayer.serves_decode_step`), nothing reads encoder states, and no hook would be skipped (the lean step
+        calls modules' `forward` directly)."""
+        hooks = nn.modules.module
+        if self.has_cross_attention or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules()):
+            return False
+        return all(layer.serves_decode_step() for layer in self.layers)
 
-        memory_states, x = x[:, :n_mem_tok], x[:, n_mem_tok:]
-        all_hidden.append(x)
-        all_branch.append(x)
-        return ZetaModelOutput(
-            last_hidden_state=x,
-            cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(all_attn) if output_attentions else None,
-            mems=new_mems,
-            memory_states=memory_states if n_mem_tok else None,
-            branch_states=tuple(all_branch) if output_branch_states else None,
-            attention_inputs=tuple(layer_inputs) if output_branch_states else None,
+    def _takes_decode_step(self, plan: ZetaPlan, inputs: _AttentionInputs, kept: _Collected) -> bool:
+        """One new token per row on a warm cache that serves the lean step, with no bias over the key axis (no
+        padding, position bias or window in this call) and nothing asked for beyond the last hidden state.
+
+        At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
+        option branches; `bench/profile_decode.py`), so the lean step keeps only the operations themselves, in the
+        generic path's order: the same numbers bit for bit (the common test mixin checks it over every variant)."""
+        return (
+            plan.layout.lean_decode and plan.num_queries == 1 and not plan.prefill and plan.fixed_cache is None
+            and inputs.bias is None and inputs.query_keep is None and not self.training
+            and kept.hidden is None and kept.branch is None and kept.attentions is None and kept.attention_inputs is None
+            and not torch.compiler.is_compiling()
         )
+
+    def _next_mems(self, attention_inputs: list[torch.Tensor], mems: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Transformer-XL memories for the next segment: each attention layer's input after the previous ones."""
+        new_mems = []
+        for i, hidden in enumerate(attention_inputs):
+            if mems is not None:
+                hidden = torch.cat((mems[i], hidden), dim=1)
+            if self.config.max_mem_len:
+                hidden = hidden[:, -self.config.max_mem_len:]
+            new_mems.append(hidden.detach())
+        return new_mems
 
     # ---- continuous batching ----
     def _paged_forward(
@@ -853,64 +987,28 @@ class ZetaModel(ZetaPreTrainedModel):
         back from its paged cache (None for flash, which takes the packed lengths in `paged_kwargs`). Nothing here
         depends on a call's layout beyond that: the key axis holds only tokens.
         """
-        if not getattr(cache, "zeta_checked", False):  # once per cache: the engine keeps it for its lifetime
-            if not self.config.supports_continuous_batching:
-                blockers = ", ".join(self.config.continuous_batching_blockers)
-                raise ValueError(f"Continuous batching cannot serve this configuration exactly ({blockers}).")
-            cache.zeta_checked = True
+        plan = self.plan(input_ids, attention_mask, cache)
         x = self.embed(input_ids, None, position_ids)
-        rotary = None if self.rotary_emb is None else (self.rotary_emb(position_ids, 0),) * 2
-        outer_residual = x * self.config.resi_dual_scale if self.config.norm_placement == "resi_dual" else None
-        for layer in self.layers:
-            if layer.kind == "attn":
-                x, branch, _, _ = layer(x, attention_mask, cache=cache, rotary=rotary, prefill=False, **paged_kwargs)
-            else:
-                x, branch, _, _ = layer(x)
-            if outer_residual is not None:
-                outer_residual = outer_residual + branch * self.config.resi_dual_scale
-        x = x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
+        x = self.run_layers(x, plan, self.attention_inputs(plan, position_ids, x.dtype), cache, None, None,
+                            _Collected(skip=0), **paged_kwargs)
         return ZetaModelOutput(last_hidden_state=x)
 
-    # ---- the lean decode step ----
-    def _serves_decode_step(self) -> bool:
-        """Whether `_decode_step` may stand in for `forward` at the decode steps of a sequence: every layer serves it,
-        nothing adds a bias over the key axis, and no hook would be skipped (the lean step calls fewer modules)."""
-        if self.position_bias is not None or self.config.max_attend_past is not None or self.has_cross_attention:
-            return False
-        hooks = nn.modules.module
-        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-            return False
-        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules()):
-            return False
-        return all(layer.serves_decode_step() for layer in self.layers)
-
-    def _decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, cache: Cache) -> ZetaModelOutput:
-        """`forward` for one new token per row on a warm cache with nothing padded, when `_serves_decode_step`.
-
-        At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
-        layout, option branches; `bench/profile_decode.py`), so this path keeps only the operations themselves, in the
-        generic path's order: the same numbers bit for bit (`tests/test_kv_cache.py`).
-        """
-        past_length = cache.get_seq_length()
-        prefix_length, m = cache.zeta_prefix
-        layout = _Layout(past_length=past_length, prefix_length=prefix_length, prepend_length=m, new_prefix=0,
-                         num_queries=1)
-        if position_ids is None and self.embed_positions is not None:
-            position_ids = (past_length - prefix_length - m + torch.arange(1, device=input_ids.device))[None]
-        x = self.embed(input_ids, None, position_ids)
-        rotary, _, _ = self._relative_inputs(layout, None, 0, input_ids.device)  # no bias: `_serves_decode_step`
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        for layer in self.layers:
-            x = layer.decode_step(x, cache, rotary, attention)
-        return ZetaModelOutput(last_hidden_state=self.norm.forward(x), cache=cache)  # no hooks: `_serves_decode_step`
-
-    def _check_static_cache(self, cache: Cache, mems, prepend_embeds, attention_mask) -> None:
+    def _check_fixed_cache(self, cache: Cache | PagedAttentionCache, mems, prepend_embeds, attention_mask) -> None:
+        """Whether this call and configuration can use a static or paged cache; the configuration checked once per
+        cache, which then records its layout (tokens only)."""
+        if isinstance(cache, PagedAttentionCache):
+            if getattr(cache, "zeta_layout", None) is None:  # the engine keeps its cache for its lifetime
+                if not self.config.supports_continuous_batching:
+                    blockers = ", ".join(self.config.continuous_batching_blockers)
+                    raise ValueError(f"Continuous batching cannot serve this configuration exactly ({blockers}).")
+                cache.zeta_layout = ZetaCacheLayout(prefix_length=0, prepend_length=0)
+            return
         if mems is not None or prepend_embeds is not None:
             raise ValueError("`mems` and `prepend_embeds` are not supported with a static cache; use the default cache.")
         compiling = torch.compiler.is_compiling() or torch.compiler.is_exporting()
         if attention_mask is not None and attention_mask.dim() == 2 and not compiling and not bool(attention_mask.all()):
             raise ValueError("Padded batches are not supported with a static cache; use the default dynamic cache.")
-        if getattr(cache, "zeta_static_checked", False):  # the rest holds for the cache's lifetime: checked once
+        if getattr(cache, "zeta_layout", None) is not None:
             return
         cfg = self.config
         if not cfg.supports_static_cache:
@@ -924,7 +1022,7 @@ class ZetaModel(ZetaPreTrainedModel):
                 f"The static cache has {len(cache.layers)} layers, but this model has {cfg.num_attention_layers} "
                 "attention layers; build it with `StaticCache(config=model.config, max_cache_len=...)`."
             )
-        cache.zeta_static_checked = True
+        cache.zeta_layout = ZetaCacheLayout(prefix_length=0, prepend_length=0)
 
     def _cross_attention_mask(
         self, context: torch.Tensor | None, context_mask: torch.Tensor | None, num_queries: int, dtype, batch: int
@@ -1043,7 +1141,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         position_ids: torch.Tensor | None = None, **kwargs,
     ) -> torch.Tensor:
         """The mask `generate` builds ahead of each step with a static cache (outside a compiled forward)."""
-        self.model._check_static_cache(cache, None, None, attention_mask)
+        self.model._check_fixed_cache(cache, None, None, attention_mask)
         b, n = inputs_embeds.shape[:2]
         return static_cache_mask(cache, attention_mask, b, n, inputs_embeds.dtype, inputs_embeds.device)
 
