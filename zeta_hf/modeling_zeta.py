@@ -29,6 +29,8 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation.continuous_batching import PagedAttentionCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -656,7 +658,6 @@ class ZetaModel(ZetaPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         mems: list[torch.Tensor] | None = None,
         output_mems: bool | None = None,
         pos: torch.Tensor | None = None,
@@ -673,8 +674,6 @@ class ZetaModel(ZetaPreTrainedModel):
         `output_attentions=True` returns every attention layer's post-softmax maps (b, h, i, j) under any attention
         implementation: that call computes attention with the eager reference (sdpa returns no maps).
         """
-        if "past_key_values" in kwargs and cache is None:
-            cache = kwargs.pop("past_key_values")
         if isinstance(cache, PagedAttentionCache):  # transformers' continuous batching (`generate_batch`, serving)
             return self._paged_forward(input_ids, attention_mask, position_ids, cache, **kwargs)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -1152,6 +1151,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             model_inputs["mems"] = mems
         return model_inputs
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1163,7 +1164,6 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mems: list[torch.Tensor] | None = None,
         output_mems: bool | None = None,
@@ -1175,9 +1175,8 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         output_branch_states: bool = False,
         **kwargs,
     ) -> ZetaCausalLMOutput | tuple:
-        if "past_key_values" in kwargs and cache is None:
-            cache = kwargs.pop("past_key_values")
         outputs = self.model(
+            return_dict=True,
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -1214,8 +1213,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
             branch_states=outputs.branch_states,
             attention_inputs=outputs.attention_inputs,
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if return_dict else output.to_tuple()
+        return output
 
 
 class ZetaEncoderHead(ZetaPreTrainedModel):
@@ -1229,14 +1227,15 @@ class ZetaEncoderHead(ZetaPreTrainedModel):
     def loss_from(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True,
                              **_model_kwargs(kwargs))
         logits = self.logits_from(outputs, attention_mask)
         loss = self.loss_from(logits, labels, **kwargs) if labels is not None else None
         output = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                    attentions=outputs.attentions)
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return output
 
 
 class ZetaForMaskedLM(ZetaEncoderHead):

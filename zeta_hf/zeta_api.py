@@ -344,6 +344,7 @@ class Transformer(nn.Module):
         if kwargs:
             _reject_unknown("Transformer.forward", kwargs, FORWARD_OPTIONS)
         out = self.model(
+            return_dict=True,
             input_ids=x,
             attention_mask=mask,
             use_cache=False,
