@@ -59,7 +59,9 @@ def _unhandled_by_transformers(kwargs: dict[str, Any]) -> list[str]:
 
     It consumes the ones it knows (dtype, attention implementation, generation parameters, `num_labels`, the name or
     path, ...) and stores any other verbatim as a new attribute. Asking a blank config, instead of keeping a copy of
-    its list, follows transformers from release to release.
+    its list, follows transformers from release to release. Keys transformers 4.x wrote (`torchscript`,
+    `use_bfloat16`, `is_decoder`, `tokenizer_class`, ...) are among those it now only stores, and no Zeta module
+    reads them, so they are refused like a typo.
     """
     declared = PreTrainedConfig.__dataclass_fields__  # its fields and class variables (`model_type`, plans, ...)
     candidates = {
