@@ -7,21 +7,31 @@ import functools
 import math
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
 
-from huggingface_hub.dataclasses import type_validator
-from transformers import GenerationConfig, PreTrainedConfig
+from huggingface_hub.dataclasses import type_validator, validated_field
+from transformers import PreTrainedConfig
+from transformers.utils.type_validators import interval
 
-# Names the user picks from; each maps to one class in the model files.
-POSITION_EMBEDDINGS = ("absolute", "scaled_sinusoidal", "rotary", "alibi", "t5", "dynamic", "none")
-ABSOLUTE_POSITION_EMBEDDINGS = ("learned", "scaled_sinusoidal", "none")
-NORMS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
-NORM_PLACEMENTS = ("pre", "post", "sandwich", "resi_dual", "deepnorm")
-RESIDUAL_TYPES = ("add", "gru")
-SPARSE_TOPK_MODES = ("top_k", "zeta_inverted")
+# Names the user picks from; each maps to one class in the model files. The `Literal` types are the fields' declared
+# types (checked like every other type); the tuples list the same names.
+PositionEmbedding = Literal["absolute", "scaled_sinusoidal", "rotary", "alibi", "t5", "dynamic", "none"]
+AbsolutePositionEmbedding = Literal["learned", "scaled_sinusoidal", "none"]
+Norm = Literal["layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm"]
+NormPlacement = Literal["pre", "post", "sandwich", "resi_dual", "deepnorm"]
+ResidualType = Literal["add", "gru"]
+SparseTopkMode = Literal["top_k", "zeta_inverted"]
+ClassifierPooling = Literal["mean", "first", "last", "memory_token"]
+FFActivation = Literal["gelu", "geglu", "silu", "swiglu", "relu_squared", "relu_squared_glu"]
+POSITION_EMBEDDINGS = typing.get_args(PositionEmbedding)
+ABSOLUTE_POSITION_EMBEDDINGS = typing.get_args(AbsolutePositionEmbedding)
+NORMS = typing.get_args(Norm)
+NORM_PLACEMENTS = typing.get_args(NormPlacement)
+RESIDUAL_TYPES = typing.get_args(ResidualType)
+SPARSE_TOPK_MODES = typing.get_args(SparseTopkMode)
+CLASSIFIER_POOLINGS = typing.get_args(ClassifierPooling)
+FF_ACTIVATIONS = typing.get_args(FFActivation)
 LAYER_KINDS = ("attn", "cross", "ff")
-CLASSIFIER_POOLINGS = ("mean", "first", "last", "memory_token")
-FF_ACTIVATIONS = ("gelu", "geglu", "silu", "swiglu", "relu_squared", "relu_squared_glu")
 
 # Zeta's constructor names that are stored under a Hugging Face name (read and written through either).
 ZETA_ALIASES = {
@@ -38,52 +48,73 @@ ZETA_ALIASES = {
     "num_mem_kv": "num_memory_kv",
 }
 
-# Keyword arguments that transformers itself passes to (or stores in) every config.
-_HF_CONFIG_KWARGS = {
-    "auto_map",
-    "num_labels",
-    "torch_dtype",
-    "name_or_path",
-    "output_attentions",
-    "attn_implementation",
-    "experts_implementation",
-    "per_layer_config",
-    "rope_scaling",
-    "rope_parameters",
-    "model_type",
-    "base_model_tp_plan",
-    "base_model_pp_plan",
-    "pretraining_tp",
-    "quantization_config",
-    "tokenizer_class",
-    "prefix",
-    "task_specific_params",
-    "finetuning_task",
-    "decoder_start_token_id",
-    "sep_token_id",
-    "add_cross_attention",
-    "tf_legacy_loss",
-    "use_bfloat16",
-    "torchscript",
-    "pruned_heads",
-    "is_decoder",
-    "cross_attention_hidden_size",
-}
+# Attributes transformers sets on a built config and writes into config.json, so they come back as keyword arguments:
+# `auto_map` (`dynamic_module_utils.custom_object_save`, for remote code) and `quantization_config` (the quantizers).
+# Every other keyword transformers handles is asked of transformers itself (`_unhandled_by_transformers`).
+_SET_BY_TRANSFORMERS_AFTER_INIT = ("auto_map", "quantization_config")
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, but got {value!r}.")
+def _unhandled_by_transformers(kwargs: dict[str, Any]) -> list[str]:
+    """The keywords transformers' own `PreTrainedConfig.__post_init__` does not handle.
+
+    It consumes the ones it knows (dtype, attention implementation, generation parameters, `num_labels`, the name or
+    path, ...) and stores any other verbatim as a new attribute. Asking a blank config, instead of keeping a copy of
+    its list, follows transformers from release to release. Keys transformers 4.x wrote (`torchscript`,
+    `use_bfloat16`, `is_decoder`, `tokenizer_class`, ...) are among those it now only stores, and no Zeta module
+    reads them, so they are refused like a typo.
+    """
+    declared = PreTrainedConfig.__dataclass_fields__  # its fields and class variables (`model_type`, plans, ...)
+    candidates = {
+        k: v for k, v in kwargs.items()
+        if not k.startswith("_") and k not in declared and k not in _SET_BY_TRANSFORMERS_AFTER_INIT
+    }
+    if not candidates:
+        return []
+    # a blank instance (fields at their class defaults, nothing derived yet): only transformers' __post_init__ runs,
+    # as it does first for a new config, so it warns about nothing the real construction will not warn about
+    probe = PreTrainedConfig.__new__(PreTrainedConfig)
+    PreTrainedConfig.__post_init__(probe, **candidates)
+    return [k for k in candidates if k in vars(probe)]
 
 
-def _check_range(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high != math.inf:
-            bound += f" and <= {high}"
-        raise ValueError(f"`{name}` must be a finite number {bound}, but got {value!r}.")
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
+
+
+def _interval(default: int | float | None, low: int | float, high: float | None = None, *, low_open: bool = False):
+    """A numeric field kept within [low, high] ((low, high] with `low_open`; finite when `high` is None) by
+    transformers' `interval` validator, the one its own configs declare. The bound in words goes with it, for the
+    error sentence; an int `low` makes it an integer option. None (an unset optional size) is not checked."""
+    bound = (f"> {low}" if low_open else f">= {low}") + ("" if high is None else f" and <= {high}")
+    kind = "an integer" if isinstance(low, int) else "a finite number"
+    return interval(min=low, max=math.inf if high is None else high, exclude_min=low_open, exclude_max=high is None)(
+        default=default, metadata={"bound": f"{kind} {bound}"}
+    )
+
+
+def _checked(check, default: Any):
+    """A field with a validator of its own (huggingface_hub's `validated_field`) that raises a full sentence."""
+    return validated_field(check, default=default)
+
+
+def _block_pattern_kinds(value: list[str]) -> None:
+    if not value or any(kind not in LAYER_KINDS for kind in value):
+        raise ValueError(f"`block_pattern` must be a non-empty list of {list(LAYER_KINDS)}, but got {value!r}.")
+
+
+def _shift_counts(value: int | list[int]) -> None:
+    for shift in value if isinstance(value, list) else [value]:
+        _check_int("shift_tokens", shift, 0)
+
+
+def _provider_name(value: str) -> None:
+    if not value.strip():
+        raise ValueError(
+            "`embedding_provider` in a configuration is only the name of the provider the model was built with "
+            "(the provider itself is passed in code: `ZetaForCausalLM(config, embedding_provider=...)` or "
+            f"`from_pretrained(path, embedding_provider=...)`), but got {value!r}."
+        )
 
 
 def _accept_int_for_float(hint: Any) -> Any:
@@ -102,11 +133,6 @@ def _accept_int_for_float(hint: Any) -> Any:
 # dense models have ~4e11 parameters and ~130 layers).
 MAX_PARAMETERS = 10**12
 MAX_LAYERS = 10_000
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
 
 
 def embedding_provider_name(provider: Any) -> str:
@@ -146,95 +172,99 @@ class ZetaConfig(PreTrainedConfig):
         "layers.*.self_attn.o_proj": "rowwise",
     }
 
+    # Each field's type is checked (`_check_types`), and a bounded one carries its interval (`_interval`, on
+    # transformers' `interval` validator) or a check of its own (`_checked`); `validate_architecture` runs them all,
+    # then the rules that tie fields together, by topic.
+
     # --- size -------------------------------------------------------------------------------------------------
-    vocab_size: int = 256
-    max_position_embeddings: int = 1024
-    hidden_size: int = 512
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 8
-    num_key_value_heads: int | None = None
-    head_dim: int = 64
+    vocab_size: int = _interval(256, 1)
+    max_position_embeddings: int = _interval(1024, 1)
+    hidden_size: int = _interval(512, 1)
+    num_hidden_layers: int = _interval(6, 1)
+    num_attention_heads: int = _interval(8, 1)
+    num_key_value_heads: int | None = _interval(None, 1)  # None: as many as `num_attention_heads`
+    head_dim: int = _interval(64, 1)
     is_causal: bool = True
 
     # --- embedding (Zeta's Transformer arguments) -------------------------------------------------------------
-    embedding_dim: int | None = None
-    embedding_dropout: float = 0.0
+    embedding_dim: int | None = _interval(None, 1)
+    embedding_dropout: float = _interval(0.0, 0.0, 1.0)
     post_emb_norm: bool = False
     l2norm_embed: bool = False
-    emb_frac_gradient: float = 1.0
-    embedding_provider: str | None = None
-    num_memory_tokens: int = 0
-    max_mem_len: int = 0
-    shift_mem_down: int = 0
-    logits_dim: int | None = None
+    emb_frac_gradient: float = _interval(1.0, 0.0, 1.0, low_open=True)
+    embedding_provider: str | None = _checked(_provider_name, None)
+    num_memory_tokens: int = _interval(0, 0)
+    max_mem_len: int = _interval(0, 0)
+    shift_mem_down: int = _interval(0, 0)
+    logits_dim: int | None = _interval(None, 1)
     tie_word_embeddings: bool = False
 
     # --- positions --------------------------------------------------------------------------------------------
-    position_embedding: str = "absolute"
-    absolute_position_embedding: str | None = None
+    position_embedding: PositionEmbedding = "absolute"
+    absolute_position_embedding: AbsolutePositionEmbedding | None = None
     rotary_emb_dim: int | None = None
-    rotary_base: float = 10000.0
-    rotary_interpolation_factor: float = 1.0
-    rotary_base_rescale_factor: float = 1.0
+    rotary_base: float = _interval(10000.0, 0.0, low_open=True)
+    rotary_interpolation_factor: float = _interval(1.0, 1.0)
+    rotary_base_rescale_factor: float = _interval(1.0, 0.0, low_open=True)
     rotary_xpos: bool = False
-    rotary_xpos_scale_base: float = 512.0
+    rotary_xpos_scale_base: float = _interval(512.0, 0.0, low_open=True)
     rotary_rotate_values: bool = False
-    alibi_num_heads: int | None = None
-    rel_pos_num_buckets: int = 32
-    rel_pos_max_distance: int = 128
-    dynamic_pos_bias_mlp_depth: int = 2
+    alibi_num_heads: int | None = _interval(None, 1)
+    rel_pos_num_buckets: int = _interval(32, 1)
+    rel_pos_max_distance: int = _interval(128, 1)
+    dynamic_pos_bias_mlp_depth: int = _interval(2, 1)
     dynamic_pos_bias_log_distance: bool = False
     dynamic_pos_bias_norm: bool = False
 
     # --- norms and residuals ----------------------------------------------------------------------------------
-    norm: str = "layernorm"
-    norm_placement: str = "pre"
-    layer_norm_eps: float = 1e-5
-    resi_dual_scale: float = 1.0
+    norm: Norm = "layernorm"
+    norm_placement: NormPlacement = "pre"
+    layer_norm_eps: float = _interval(1e-5, 0.0, low_open=True)  # 0 divides by zero on a constant row
+    resi_dual_scale: float = _interval(1.0, 0.0, 1.0, low_open=True)
     macaron: bool = False
     residual_attn: bool = False
     cross_residual_attn: bool = False
-    residual_type: str = "add"
+    residual_type: ResidualType = "add"
     scale_residual: bool = False
-    scale_residual_constant: float = 1.0
-    layer_dropout: float = 0.0
-    shift_tokens: int | list[int] = 0
+    scale_residual_constant: float = _interval(1.0, 0.0, low_open=True)
+    layer_dropout: float = _interval(0.0, 0.0, 1.0)
+    shift_tokens: int | list[int] = _checked(_shift_counts, 0)
 
     # --- layout -----------------------------------------------------------------------------------------------
-    block_pattern: list[str] | None = None
+    block_pattern: list[str] | None = _checked(_block_pattern_kinds, None)
     cross_attend: bool = False
     only_cross: bool = False
 
     # --- attention --------------------------------------------------------------------------------------------
-    attention_dropout: float = 0.0
+    attention_dropout: float = _interval(0.0, 0.0, 1.0)
     qk_norm: bool = False
-    qk_norm_groups: int = 1
-    qk_norm_scale: float = 10.0
+    qk_norm_groups: int = _interval(1, 1)
+    qk_norm_scale: float = _interval(10.0, 0.0, low_open=True)
     qk_norm_dim_scale: bool = False
-    num_memory_kv: int = 0
+    num_memory_kv: int = _interval(0, 0)
     talking_heads: bool = False
     head_scale: bool = False
     gate_values: bool = False
     attn_on_attn: bool = False
     add_zero_kv: bool = False
-    value_head_dim: int | None = None
+    value_head_dim: int | None = _interval(None, 1)
     shared_kv: bool = False
-    max_attend_past: int | None = None
-    sparse_topk: int | None = None
-    sparse_topk_mode: str = "top_k"
+    max_attend_past: int | None = _interval(None, 0)
+    sparse_topk: int | None = _interval(None, 1)
+    sparse_topk_mode: SparseTopkMode = "top_k"
     zero_init_attn_output: bool = False
 
     # --- feedforward ------------------------------------------------------------------------------------------
-    ff_mult: float = 4.0
-    ff_activation: str = "gelu"
+    ff_mult: float = _interval(4.0, 0.0, low_open=True)
+    ff_activation: FFActivation = "gelu"
     ff_post_act_ln: bool = False
     ff_bias: bool = True
-    ff_dropout: float = 0.0
+    ff_dropout: float = _interval(0.0, 0.0, 1.0)
     zero_init_ff_output: bool = False
 
     # --- task heads -------------------------------------------------------------------------------------------
-    classifier_pooling: str = "mean"
-    classifier_dropout: float = 0.0
+    classifier_pooling: ClassifierPooling = "mean"
+    classifier_dropout: float = _interval(0.0, 0.0, 1.0)
 
     # --- generation / tokens ----------------------------------------------------------------------------------
     use_cache: bool = True
@@ -252,7 +282,8 @@ class ZetaConfig(PreTrainedConfig):
     talking_heads_residual: bool = False  # pre-softmax talking heads add their mix to the scores (2.x: sim + mix(sim))
     gate_values_bias: bool = True  # the value gate (`gate_values`) has a bias (2.x's has none)
     lm_head_bias: bool = True  # an untied logits head has a bias (2.x's `to_logits` has none)
-    tie_embedding_scale: float = 1.0  # tied logits are multiplied by this (2.x: hidden_size ** -0.5)
+    # tied logits are multiplied by this (2.x: hidden_size ** -0.5)
+    tie_embedding_scale: float = _interval(1.0, 0.0, low_open=True)
     xl_memory: bool = True  # Transformer-XL `mems` are accepted; False where the source's recurrence differs (2.x)
 
     def __post_init__(self, **kwargs):
@@ -273,12 +304,9 @@ class ZetaConfig(PreTrainedConfig):
                 self.position_embedding, "none"
             )
         if self.block_pattern is not None:
-            self.block_pattern = list(self.block_pattern)
             # with an explicit pattern, the layer count that sizes the KV cache is its number of self-attention layers
             if self.block_pattern.count("attn"):
                 self.num_hidden_layers = self.block_pattern.count("attn")
-        if isinstance(self.shift_tokens, tuple):
-            self.shift_tokens = list(self.shift_tokens)
         if self.position_embedding == "rotary" and self.rotary_emb_dim is None:
             # Zeta: max(dim_head // 2, 32); capped at the head size, where Zeta itself would crash.
             self.rotary_emb_dim = min(max(self.head_dim // 2, 32), self.head_dim)
@@ -286,8 +314,9 @@ class ZetaConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def _reject_unknown_kwargs(self, kwargs: dict) -> None:
-        known = _HF_CONFIG_KWARGS | set(GenerationConfig._get_default_generation_params())
-        unknown = [k for k in kwargs if not k.startswith("_") and k not in known]
+        """A keyword that is neither an option nor one transformers handles would be stored and silently ignored
+        (a typo): refuse it, naming the closest option."""
+        unknown = _unhandled_by_transformers(kwargs)
         if unknown:
             valid = sorted(self.option_names())
             hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
@@ -341,11 +370,31 @@ class ZetaConfig(PreTrainedConfig):
             try:
                 type_validator(name, value, hint)
             except TypeError:
+                choices = [arg for arg in (hint, *typing.get_args(hint)) if typing.get_origin(arg) is Literal]
+                if choices:  # a name picked from a list
+                    raise ValueError(
+                        f"`{name}` must be one of {list(typing.get_args(choices[0]))}, but got {value!r}."
+                    ) from None
                 expected = getattr(hint, "__name__", None) if isinstance(hint, type) else None
                 expected = expected or str(hint).replace("float | int", "float")
                 raise ValueError(
                     f"`{name}` must be of type {expected}, but got {value!r} ({type(value).__name__})."
                 ) from None
+
+    def _check_fields(self) -> None:
+        """Each field's own validators (the metadata `@strict` dataclasses read): an `_interval` field lies in its
+        interval, a `_checked` one passes its check. None, the unset value of an optional size, is not checked."""
+        for field in type(self).__dataclass_fields__.values():
+            value = getattr(self, field.name)
+            if value is None or not field.metadata.get("validator"):
+                continue
+            try:
+                for validator in field.metadata["validator"]:
+                    validator(value)
+            except (ValueError, TypeError) as error:
+                if "bound" not in field.metadata:
+                    raise ValueError(str(error)) from None  # a `_checked` field's own sentence
+                raise ValueError(f"`{field.name}` must be {field.metadata['bound']}, but got {value!r}.") from None
 
     def approximate_num_parameters(self) -> int:
         """A quick upper estimate of the parameter count, from the sizes alone (nothing is allocated)."""
@@ -375,84 +424,61 @@ class ZetaConfig(PreTrainedConfig):
             )
 
     def validate_architecture(self) -> None:
-        """Raise `ValueError` naming the field, the value and what is allowed, for any invalid combination."""
+        """Raise `ValueError` naming the field, the value and what is allowed, for any invalid value or combination:
+        each field's type and own validators first, then the rules that tie fields together, by topic."""
         self._check_types()
-        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
-            _check_int(name, getattr(self, name), 1)
-        for name in ("num_memory_tokens", "max_mem_len", "shift_mem_down", "num_memory_kv"):
-            _check_int(name, getattr(self, name), 0)
-        for name in ("embedding_dropout", "attention_dropout", "ff_dropout"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        _check_range("emb_frac_gradient", self.emb_frac_gradient, 0.0, 1.0, low_open=True)
-        _check_range("ff_mult", self.ff_mult, 0.0, low_open=True)
-        _check_range("layer_norm_eps", self.layer_norm_eps, 0.0, low_open=True)  # 0 divides by zero on a constant row
-        _check_range("qk_norm_scale", self.qk_norm_scale, 0.0, low_open=True)
-        _check_range("rotary_base", self.rotary_base, 0.0, low_open=True)
-        _check_range("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0)
-        _check_range("rotary_base_rescale_factor", self.rotary_base_rescale_factor, 0.0, low_open=True)
-        _check_range("rotary_xpos_scale_base", self.rotary_xpos_scale_base, 0.0, low_open=True)
-        _check_int("qk_norm_groups", self.qk_norm_groups, 1)
-        _check_int("rel_pos_num_buckets", self.rel_pos_num_buckets, 1)
-        _check_int("rel_pos_max_distance", self.rel_pos_max_distance, 1)
-        _check_int("dynamic_pos_bias_mlp_depth", self.dynamic_pos_bias_mlp_depth, 1)
-        _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
-        _check_choice("absolute_position_embedding", self.absolute_position_embedding, ABSOLUTE_POSITION_EMBEDDINGS)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
-        _check_choice("ff_activation", self.ff_activation, FF_ACTIVATIONS)
-        _check_choice("residual_type", self.residual_type, RESIDUAL_TYPES)
-        _check_choice("sparse_topk_mode", self.sparse_topk_mode, SPARSE_TOPK_MODES)
-        _check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
-        for name in ("layer_dropout", "classifier_dropout"):
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        _check_range("resi_dual_scale", self.resi_dual_scale, 0.0, 1.0, low_open=True)
-        _check_range("scale_residual_constant", self.scale_residual_constant, 0.0, low_open=True)
-        if self.norm_placement == "deepnorm" and self.scale_residual_constant != 1.0:
-            raise ValueError(
-                "`norm_placement='deepnorm'` sets the residual scale itself; leave `scale_residual_constant` at 1.0, "
-                f"but got {self.scale_residual_constant}."
-            )
-        if self.block_pattern is not None:
-            if not self.block_pattern or any(kind not in LAYER_KINDS for kind in self.block_pattern):
-                raise ValueError(
-                    f"`block_pattern` must be a non-empty list of {list(LAYER_KINDS)}, but got {self.block_pattern!r}."
-                )
+        self._check_fields()
+        self._validate_layout()
+        self._validate_attention()
+        self._validate_positions()
+        self._validate_embeddings()
+        self._check_sizes()
+
+    def _validate_layout(self) -> None:
+        """The stack of layers: its kinds, its residuals and its norms."""
         if self.only_cross and not self.cross_attend:
             raise ValueError("`only_cross=True` needs `cross_attend=True`.")
         if "cross" in self.layer_pattern and not self.cross_attend:
             raise ValueError("`block_pattern` contains 'cross' layers: set `cross_attend=True`.")
-        shifts = self.shift_tokens if isinstance(self.shift_tokens, list) else [self.shift_tokens]
-        for value in shifts:
-            _check_int("shift_tokens", value, 0)
         if isinstance(self.shift_tokens, list) and len(self.shift_tokens) != len(self.layer_pattern):
             raise ValueError(
                 f"`shift_tokens` as a list needs one entry per layer ({len(self.layer_pattern)}), but got "
                 f"{len(self.shift_tokens)}."
             )
-        for name in ("value_head_dim", "max_attend_past", "sparse_topk"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1 if name != "max_attend_past" else 0)
-        if self.shared_kv and self.value_head_dim not in (None, self.head_dim):
+        if self.shift_mem_down > self.num_hidden_layers:
             raise ValueError(
-                f"`shared_kv=True` needs `value_head_dim` equal to `head_dim` ({self.head_dim}), but got "
-                f"{self.value_head_dim}."
+                f"`shift_mem_down` ({self.shift_mem_down}) cannot exceed the number of layers ({self.num_hidden_layers})."
             )
-        if self.position_embedding == "dynamic":
-            _check_int("dynamic_pos_bias_mlp_depth", self.dynamic_pos_bias_mlp_depth, 1)
-        if self.embedding_dim is not None:
-            _check_int("embedding_dim", self.embedding_dim, 1)
-        if self.logits_dim is not None:
-            _check_int("logits_dim", self.logits_dim, 1)
+        if self.norm_placement == "deepnorm" and self.scale_residual_constant != 1.0:
+            raise ValueError(
+                "`norm_placement='deepnorm'` sets the residual scale itself; leave `scale_residual_constant` at 1.0, "
+                f"but got {self.scale_residual_constant}."
+            )
+        if self.scalenorm_dim_scale and self.norm != "scalenorm":
+            raise ValueError(f"`scalenorm_dim_scale=True` needs `norm='scalenorm'`, but got {self.norm!r}.")
+
+    def _validate_attention(self) -> None:
+        """Heads, key / value widths and the options that change how scores are formed."""
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise ValueError(
                 f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
                 f"({self.num_key_value_heads})."
             )
-        if self.shift_mem_down > self.num_hidden_layers:
+        if self.shared_kv and self.value_head_dim not in (None, self.head_dim):
             raise ValueError(
-                f"`shift_mem_down` ({self.shift_mem_down}) cannot exceed the number of layers ({self.num_hidden_layers})."
+                f"`shared_kv=True` needs `value_head_dim` equal to `head_dim` ({self.head_dim}), but got "
+                f"{self.value_head_dim}."
             )
+        if self.qk_norm and (self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2):
+            raise ValueError(
+                f"`qk_norm_groups` ({self.qk_norm_groups}) must divide `head_dim` ({self.head_dim}) into groups of "
+                "more than 2 features."
+            )
+        if self.talking_heads_residual and not self.talking_heads:
+            raise ValueError("`talking_heads_residual=True` needs `talking_heads=True`.")
+
+    def _validate_positions(self) -> None:
+        """The position scheme and the options of the one chosen (another scheme's options must stay unset)."""
         if self.position_embedding in ("rotary", "t5") and self.absolute_position_embedding != "none":
             raise ValueError(
                 f"`absolute_position_embedding={self.absolute_position_embedding!r}` cannot be combined with "
@@ -460,65 +486,60 @@ class ZetaConfig(PreTrainedConfig):
                 "T5 relative positions. Leave `absolute_position_embedding` unset."
             )
         if self.position_embedding == "rotary":
-            _check_int("rotary_emb_dim", self.rotary_emb_dim, 2)
-            if self.rotary_emb_dim % 2 or self.rotary_emb_dim > self.head_dim:
-                raise ValueError(
-                    f"`rotary_emb_dim` must be even and at most `head_dim` ({self.head_dim}), but got {self.rotary_emb_dim}."
-                )
-            if self.rotary_base_rescale_factor != 1.0 and self.rotary_emb_dim < 4:
-                # NTK rescaling raises the base to dim / (dim - 2): undefined for a 2-wide rotary
-                raise ValueError(
-                    f"`rotary_base_rescale_factor` ({self.rotary_base_rescale_factor}) needs `rotary_emb_dim` >= 4, "
-                    f"but got {self.rotary_emb_dim}."
-                )
-            if self.rotary_rotate_values and self.value_dim < self.rotary_emb_dim:
-                raise ValueError(
-                    f"`rotary_rotate_values=True` rotates values, so `value_head_dim` ({self.value_dim}) must be at "
-                    f"least `rotary_emb_dim` ({self.rotary_emb_dim})."
-                )
-            _check_range("rotary_interpolation_factor", self.rotary_interpolation_factor, 1.0)
-            _check_range("rotary_base", self.rotary_base, 0.0, low_open=True)
-            _check_range("rotary_base_rescale_factor", self.rotary_base_rescale_factor, 0.0, low_open=True)
-            _check_range("rotary_xpos_scale_base", self.rotary_xpos_scale_base, 0.0, low_open=True)
-            if self.rotary_xpos and not self.is_causal:
-                raise ValueError("`rotary_xpos=True` needs a causal model (`is_causal=True`): xpos is not defined for encoders.")
+            self._validate_rotary()
         elif self.rotary_xpos:
             raise ValueError(f"`rotary_xpos=True` needs `position_embedding='rotary'`, but got {self.position_embedding!r}.")
-        if self.alibi_num_heads is not None:
-            if self.position_embedding != "alibi":
-                raise ValueError(f"`alibi_num_heads` needs `position_embedding='alibi'`, but got {self.position_embedding!r}.")
-            _check_int("alibi_num_heads", self.alibi_num_heads, 1)
-            if self.alibi_num_heads > self.num_attention_heads:
-                raise ValueError(
-                    f"`alibi_num_heads` ({self.alibi_num_heads}) cannot exceed `num_attention_heads` ({self.num_attention_heads})."
-                )
+        if self.alibi_num_heads is not None and self.position_embedding != "alibi":
+            raise ValueError(f"`alibi_num_heads` needs `position_embedding='alibi'`, but got {self.position_embedding!r}.")
+        if self.alibi_num_heads is not None and self.alibi_num_heads > self.num_attention_heads:
+            raise ValueError(
+                f"`alibi_num_heads` ({self.alibi_num_heads}) cannot exceed `num_attention_heads` ({self.num_attention_heads})."
+            )
         if self.position_embedding == "t5":
-            _check_int("rel_pos_num_buckets", self.rel_pos_num_buckets, 2)
-            _check_int("rel_pos_max_distance", self.rel_pos_max_distance, 1)
-            if self.rel_pos_num_buckets > self.rel_pos_max_distance:
-                raise ValueError(
-                    f"`rel_pos_num_buckets` ({self.rel_pos_num_buckets}) must not exceed `rel_pos_max_distance` "
-                    f"({self.rel_pos_max_distance})."
-                )
-            if not self.is_causal and self.rel_pos_num_buckets < 4:
-                # an encoder splits the buckets by direction and keeps half of each side exact: fewer than 4 leaves
-                # no exact bucket, and the log-spaced ones divide by zero
-                raise ValueError(
-                    f"`rel_pos_num_buckets` must be at least 4 for an encoder (`is_causal=False`), but got "
-                    f"{self.rel_pos_num_buckets}."
-                )
+            self._validate_t5_buckets()
         if self.absolute_position_embedding == "scaled_sinusoidal" and self.input_dim % 2:
             raise ValueError(
                 "Scaled sinusoidal positions need an even embedding width (`embedding_dim`, or `hidden_size` when "
                 f"`embedding_dim` is unset), but got {self.input_dim}."
             )
-        if self.qk_norm:
-            _check_int("qk_norm_groups", self.qk_norm_groups, 1)
-            if self.head_dim % self.qk_norm_groups or self.head_dim // self.qk_norm_groups <= 2:
-                raise ValueError(
-                    f"`qk_norm_groups` ({self.qk_norm_groups}) must divide `head_dim` ({self.head_dim}) into groups of "
-                    "more than 2 features."
-                )
+
+    def _validate_rotary(self) -> None:
+        _check_int("rotary_emb_dim", self.rotary_emb_dim, 2)  # __post_init__ derives it when unset
+        if self.rotary_emb_dim % 2 or self.rotary_emb_dim > self.head_dim:
+            raise ValueError(
+                f"`rotary_emb_dim` must be even and at most `head_dim` ({self.head_dim}), but got {self.rotary_emb_dim}."
+            )
+        if self.rotary_base_rescale_factor != 1.0 and self.rotary_emb_dim < 4:
+            # NTK rescaling raises the base to dim / (dim - 2): undefined for a 2-wide rotary
+            raise ValueError(
+                f"`rotary_base_rescale_factor` ({self.rotary_base_rescale_factor}) needs `rotary_emb_dim` >= 4, "
+                f"but got {self.rotary_emb_dim}."
+            )
+        if self.rotary_rotate_values and self.value_dim < self.rotary_emb_dim:
+            raise ValueError(
+                f"`rotary_rotate_values=True` rotates values, so `value_head_dim` ({self.value_dim}) must be at "
+                f"least `rotary_emb_dim` ({self.rotary_emb_dim})."
+            )
+        if self.rotary_xpos and not self.is_causal:
+            raise ValueError("`rotary_xpos=True` needs a causal model (`is_causal=True`): xpos is not defined for encoders.")
+
+    def _validate_t5_buckets(self) -> None:
+        _check_int("rel_pos_num_buckets", self.rel_pos_num_buckets, 2)
+        if self.rel_pos_num_buckets > self.rel_pos_max_distance:
+            raise ValueError(
+                f"`rel_pos_num_buckets` ({self.rel_pos_num_buckets}) must not exceed `rel_pos_max_distance` "
+                f"({self.rel_pos_max_distance})."
+            )
+        if not self.is_causal and self.rel_pos_num_buckets < 4:
+            # an encoder splits the buckets by direction and keeps half of each side exact: fewer than 4 leaves
+            # no exact bucket, and the log-spaced ones divide by zero
+            raise ValueError(
+                f"`rel_pos_num_buckets` must be at least 4 for an encoder (`is_causal=False`), but got "
+                f"{self.rel_pos_num_buckets}."
+            )
+
+    def _validate_embeddings(self) -> None:
+        """Token embeddings and the output head that may share their matrix."""
         if self.tie_word_embeddings and self.input_dim != self.hidden_size:
             raise ValueError(
                 f"`tie_word_embeddings=True` needs `embedding_dim` ({self.input_dim}) equal to `hidden_size` "
@@ -529,26 +550,11 @@ class ZetaConfig(PreTrainedConfig):
                 f"`tie_word_embeddings=True` produces `vocab_size` ({self.vocab_size}) logits, but `logits_dim` is "
                 f"{self.logits_dim}."
             )
-        _check_range("tie_embedding_scale", self.tie_embedding_scale, 0.0, low_open=True)
         if self.tie_embedding_scale != 1.0 and not self.tie_word_embeddings:
             raise ValueError(
                 f"`tie_embedding_scale` ({self.tie_embedding_scale}) scales the logits of a tied head: it needs "
                 "`tie_word_embeddings=True`."
             )
-        if self.talking_heads_residual and not self.talking_heads:
-            raise ValueError("`talking_heads_residual=True` needs `talking_heads=True`.")
-        if self.scalenorm_dim_scale and self.norm != "scalenorm":
-            raise ValueError(f"`scalenorm_dim_scale=True` needs `norm='scalenorm'`, but got {self.norm!r}.")
-        if self.embedding_provider is not None and (
-            not isinstance(self.embedding_provider, str) or not self.embedding_provider.strip()
-        ):
-            raise ValueError(
-                "`embedding_provider` in a configuration is only the name of the provider the model was built with "
-                "(the provider itself is passed in code: `ZetaForCausalLM(config, embedding_provider=...)` or "
-                f"`from_pretrained(path, embedding_provider=...)`), but got {self.embedding_provider!r}."
-            )
-
-        self._check_sizes()
 
     # --- capabilities, derived once and read by the model and the tests ---------------------------------------
     @property

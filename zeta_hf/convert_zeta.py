@@ -233,6 +233,25 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
     """Translate x-transformers 2.x `TransformerWrapper(...)` kwargs (with `attn_layers` as a dict holding
     `"type": "Decoder" | "Encoder"`) into a `ZetaConfig` that computes what 2.x computes, or raise naming the
     options that cannot be converted."""
+    kw, layer_kw, kind = _split_xt2_kwargs(transformer_kwargs)
+    _refuse_xt2_options("TransformerWrapper", kw, XT2_TRANSFORMER_OPTIONS)
+    _refuse_xt2_options(kind, layer_kw, XT2_LAYER_OPTIONS)
+    _check_xt2_values(kw, layer_kw)
+    _check_xt2_combinations(layer_kw)
+
+    zeta_layers = {k: v for k, v in layer_kw.items() if k in _XT2_SAME_LAYER_OPTIONS}
+    zeta_layers["scale_residual"] = layer_kw.get("scale_residual", False)
+    if layer_kw.get("attn_pre_talking_heads", False):
+        zeta_layers["attn_talking_heads"] = True
+    zeta_transformer = {k: v for k, v in kw.items() if k in _XT2_SAME_TRANSFORMER_OPTIONS}
+    if layer_kw.get("disable_abs_pos_emb"):
+        zeta_transformer["use_abs_pos_emb"] = False
+    layers = _layers_from_kwargs({**zeta_layers, "type": kind})
+    return config_from_zeta_kwargs(zeta_transformer, layers, **_xt2_overrides(kw, layer_kw, source_version))
+
+
+def _split_xt2_kwargs(transformer_kwargs: dict) -> tuple[dict, dict, str]:
+    """(TransformerWrapper kwargs, attention-layer kwargs, "Decoder" | "Encoder"), as copies."""
     kw = dict(transformer_kwargs)
     layer_kw = kw.pop("attn_layers", None)
     if not isinstance(layer_kw, dict):
@@ -241,8 +260,11 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
     kind = layer_kw.pop("type", "Decoder")
     if kind not in ("Decoder", "Encoder"):
         raise ValueError(f"`attn_layers.type` must be 'Decoder' or 'Encoder' for x-transformers 2.x, but got {kind!r}.")
-    _refuse_xt2_options("TransformerWrapper", kw, XT2_TRANSFORMER_OPTIONS)
-    _refuse_xt2_options(kind, layer_kw, XT2_LAYER_OPTIONS)
+    return kw, layer_kw, kind
+
+
+def _check_xt2_values(kw: dict, layer_kw: dict) -> None:
+    """Options whose 2.x meaning zeta_hf has for some values only."""
     for name in ("max_mem_len", "shift_mem_down"):  # 2.x's recurrence differs (empty mems at 0, normed mems)
         _xt2_check_value(name, kw.get(name, 0), "0 (no Transformer-XL recurrence)", kw.get(name, 0) == 0)
     _xt2_check_value("pre_norm_has_final_norm", layer_kw.get("pre_norm_has_final_norm", True), "True",
@@ -256,6 +278,16 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
     heads = layer_kw.get("heads", 8)
     # one head and no output projection in 2.x: zeta_hf always has one
     _xt2_check_value("heads", heads, "more than one head", heads != 1)
+    shifts = layer_kw.get("shift_tokens", 0)
+    if isinstance(shifts, (list, tuple)):
+        raise ValueError(
+            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every "
+            "layer is supported (2.x reads a list as one shift per layer only when it is a tuple)."
+        )
+
+
+def _check_xt2_combinations(layer_kw: dict) -> None:
+    """Pairs of options that 2.x combines differently from zeta_hf (each alone converts)."""
     rotary = layer_kw.get("rotary_pos_emb", False) or layer_kw.get("rotary_xpos", False)
     groups = layer_kw.get("attn_qk_norm_groups", 1)
     if layer_kw.get("attn_qk_norm") and groups != 1 and (rotary or layer_kw.get("attn_num_mem_kv", 0)):
@@ -276,25 +308,14 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
             f"x-transformers 2.x option `attn_num_mem_kv={layer_kw['attn_num_mem_kv']}` cannot be converted together "
             "with `attn_max_attend_past`: use one or the other."
         )
-    shifts = layer_kw.get("shift_tokens", 0)
-    if isinstance(shifts, (list, tuple)):
-        raise ValueError(
-            f"x-transformers 2.x option `shift_tokens={shifts!r}` cannot be converted: only one integer for every "
-            "layer is supported (2.x reads a list as one shift per layer only when it is a tuple)."
-        )
-    disable_abs = layer_kw.get("disable_abs_pos_emb")
-    if disable_abs is False and (rotary or layer_kw.get("rel_pos_bias")):
+    if layer_kw.get("disable_abs_pos_emb") is False and (rotary or layer_kw.get("rel_pos_bias")):
         raise ValueError("x-transformers 2.x option `disable_abs_pos_emb=False` with rotary or T5 positions cannot be "
                          "converted: zeta_hf turns absolute positions off for those.")
 
-    zeta_layers = {k: v for k, v in layer_kw.items() if k in _XT2_SAME_LAYER_OPTIONS}
-    zeta_layers["scale_residual"] = scale_residual
-    if pre_th:
-        zeta_layers["attn_talking_heads"] = True
-    zeta_transformer = {k: v for k, v in kw.items() if k in _XT2_SAME_TRANSFORMER_OPTIONS}
-    if disable_abs:
-        zeta_transformer["use_abs_pos_emb"] = False
 
+def _xt2_overrides(kw: dict, layer_kw: dict, source_version: str | None) -> dict:
+    """The ZetaConfig fields where 2.x computes differently from Zeta / 1.19 (see ZetaConfig's 2.x section)."""
+    pre_th = layer_kw.get("attn_pre_talking_heads", False)
     dim, dim_head = layer_kw["dim"], layer_kw.get("attn_dim_head", 64)
     overrides = dict(
         converted_from=f"x-transformers {source_version or '2.x'}",
@@ -310,11 +331,11 @@ def config_from_xtransformers2_kwargs(transformer_kwargs: dict, source_version: 
     if kw.get("tie_embedding"):
         scale = kw.get("tie_embedding_scale")
         overrides["tie_embedding_scale"] = float(dim**-0.5 if scale is None else scale)
-    if rotary:  # 2.x rotates queries and keys only, over dim_head // 2 features unless told otherwise
+    if layer_kw.get("rotary_pos_emb", False) or layer_kw.get("rotary_xpos", False):
+        # 2.x rotates queries and keys only, over dim_head // 2 features unless told otherwise
         overrides["rotary_rotate_values"] = False
         overrides["rotary_emb_dim"] = layer_kw.get("rotary_emb_dim") or dim_head // 2
-    layers = _layers_from_kwargs({**zeta_layers, "type": kind})
-    return config_from_zeta_kwargs(zeta_transformer, layers, **overrides)
+    return overrides
 
 
 def _interleaved_to_half(rot_dim: int, head_dim: int) -> torch.Tensor:

@@ -95,20 +95,33 @@ def _reject_unknown(owner: str, kwargs: dict, valid: list[str]) -> None:
 
 def _translate_layers(kwargs: dict, causal: bool) -> dict:
     """Zeta `AttentionLayers` kwargs -> ZetaConfig fields (without the Transformer-level ones)."""
-    _reject_unknown("Decoder" if causal else "Encoder", kwargs, LAYER_OPTIONS)
+    owner = "Decoder" if causal else "Encoder"
+    _reject_unknown(owner, kwargs, LAYER_OPTIONS)
     for required in ("dim", "depth"):
         if required not in kwargs:
-            raise ValueError(f"{'Decoder' if causal else 'Encoder'} needs `{required}`.")
+            raise ValueError(f"{owner} needs `{required}`.")
     fields = {_LAYER_RENAMES[k]: v for k, v in kwargs.items() if k in _LAYER_RENAMES}
     fields["is_causal"] = causal
     fields.setdefault("num_attention_heads", 8)
+    # each topic reads Zeta's boolean flags and names the one ZetaConfig field they pick (or refuses a combination)
+    fields.update(_norm_fields(kwargs))
+    fields.update(_residual_fields(kwargs))
+    fields.update(_position_fields(kwargs))
+    fields.update(_attention_fields(kwargs))
+    fields.update(_feedforward_fields(kwargs))
+    fields.setdefault("head_dim", 64)
+    return fields
 
+
+def _norm_fields(kwargs: dict) -> dict:
+    """`use_scalenorm` / `use_rmsnorm` / `use_simple_rmsnorm` -> `norm`; `pre_norm`, `sandwich_norm`, `resi_dual`,
+    `deepnorm` -> `norm_placement`."""
     norms = [name for name in ("use_scalenorm", "use_rmsnorm", "use_simple_rmsnorm") if kwargs.get(name)]
     if len(norms) > 1:
         raise ValueError(f"Only one of use_scalenorm, use_rmsnorm, use_simple_rmsnorm can be set, but got {norms}.")
-    fields["norm"] = {"use_scalenorm": "scalenorm", "use_rmsnorm": "rmsnorm", "use_simple_rmsnorm": "simple_rmsnorm"}.get(
+    fields = {"norm": {"use_scalenorm": "scalenorm", "use_rmsnorm": "rmsnorm", "use_simple_rmsnorm": "simple_rmsnorm"}.get(
         norms[0] if norms else "", "layernorm"
-    )
+    )}
     pre_norm, sandwich = kwargs.get("pre_norm", True), kwargs.get("sandwich_norm", False)
     resi_dual, deepnorm = kwargs.get("resi_dual", False), kwargs.get("deepnorm", False)
     if deepnorm:  # Zeta: deepnorm overrides the other placements
@@ -121,42 +134,61 @@ def _translate_layers(kwargs: dict, causal: bool) -> dict:
         raise ValueError("`sandwich_norm=True` needs `pre_norm=True`.")
     else:
         fields["norm_placement"] = "sandwich" if sandwich else ("pre" if pre_norm else "post")
+    return fields
+
+
+def _residual_fields(kwargs: dict) -> dict:
+    """The residual branches: gating, zero-initialised outputs, token shifts, layer dropout and the layer layout."""
+    fields = {}
     if kwargs.get("gate_residual"):
         fields["residual_type"] = "gru"
     if kwargs.get("zero_init_branch_output"):
         fields["zero_init_attn_output"] = fields["zero_init_ff_output"] = True
-    if isinstance(fields.get("shift_tokens"), tuple):
-        fields["shift_tokens"] = list(fields["shift_tokens"])
-    if isinstance(fields.get("layer_dropout"), (tuple, list)):
+    if isinstance(kwargs.get("shift_tokens"), tuple):
+        fields["shift_tokens"] = list(kwargs["shift_tokens"])
+    if isinstance(kwargs.get("layer_dropout"), (tuple, list)):
         raise ValueError("`layer_dropout` must be one float for all layers; per-layer values are not supported.")
     pattern = _block_pattern(kwargs)
     if pattern is not None:
         fields["block_pattern"] = pattern
+    return fields
 
+
+def _position_fields(kwargs: dict) -> dict:
+    """Zeta's relative position flags -> `_relative` (resolved with the Transformer's absolute options later) and the
+    rotary width Zeta actually uses."""
     rotary = kwargs.get("rotary_pos_emb", False) or kwargs.get("rotary_xpos", False)
     biases = [name for name in ("alibi_pos_bias", "rel_pos_bias", "dynamic_pos_bias") if kwargs.get(name)]
     if len(biases) > 1 or (rotary and biases):
         chosen = (["rotary_pos_emb"] if rotary else []) + biases
         raise ValueError(f"Choose one relative position scheme; got {chosen} together.")
-    fields["_relative"] = "rotary" if rotary else {
+    fields = {"_relative": "rotary" if rotary else {
         "alibi_pos_bias": "alibi", "rel_pos_bias": "t5", "dynamic_pos_bias": "dynamic"
-    }.get(biases[0] if biases else "", None)
+    }.get(biases[0] if biases else "", None)}
     if rotary:
         fields["rotary_rotate_values"] = True  # Zeta 1.19 rotates values too
         # Zeta: at least 32 rotated features per head, whatever was asked for
         head_dim = kwargs.get("attn_dim_head", 64)
         fields["rotary_emb_dim"] = max(kwargs.get("rotary_emb_dim") or head_dim // 2, 32)
+    return fields
 
-    if kwargs.get("attn_one_kv_head"):
-        if "attn_kv_heads" in kwargs:
-            raise ValueError("Set either `attn_one_kv_head=True` or `attn_kv_heads`, not both.")
-        fields["num_key_value_heads"] = 1
+
+def _attention_fields(kwargs: dict) -> dict:
+    """`attn_one_kv_head` -> one key / value head (multi-query attention)."""
+    if not kwargs.get("attn_one_kv_head"):
+        return {}
+    if "attn_kv_heads" in kwargs:
+        raise ValueError("Set either `attn_one_kv_head=True` or `attn_kv_heads`, not both.")
+    return {"num_key_value_heads": 1}
+
+
+def _feedforward_fields(kwargs: dict) -> dict:
+    """`ff_glu`, `ff_swish`, `ff_relu_squared` -> one named `ff_activation`; `ff_no_bias` -> `ff_bias=False`."""
     glu, swish, relu_sq = kwargs.get("ff_glu", False), kwargs.get("ff_swish", False), kwargs.get("ff_relu_squared", False)
     base = "relu_squared" if relu_sq else ("silu" if swish else "gelu")
-    fields["ff_activation"] = {"gelu": "geglu", "silu": "swiglu", "relu_squared": "relu_squared_glu"}[base] if glu else base
+    fields = {"ff_activation": {"gelu": "geglu", "silu": "swiglu", "relu_squared": "relu_squared_glu"}[base] if glu else base}
     if kwargs.get("ff_no_bias"):
         fields["ff_bias"] = False
-    fields.setdefault("head_dim", 64)
     return fields
 
 
