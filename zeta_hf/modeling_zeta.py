@@ -649,6 +649,8 @@ class ZetaModel(ZetaPreTrainedModel):
                 if m.shape[1] != mems[0].shape[1]:
                     raise ValueError(f"All `mems` must have the same length, but `mems[{i}]` has {m.shape[1]}.")
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
