@@ -77,12 +77,22 @@ def not_a_state_dict_file(err: BaseException) -> bool:
             or "Weights only load failed" in text or "PytorchStreamReader" in text)
 
 
-def torch_load_state(path: Path, flag: str) -> Any:
-    """`torch.load` without running code (weights_only), its failure worded for a person."""
+def load_weights_only(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, nothing in the file is run."""
+    import warnings
+
     import torch
 
-    try:
+    with warnings.catch_warnings():
+        # torch warns about an unusual pickle protocol before it reads or refuses a file; callers word the refusal
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def torch_load_state(path: Path, flag: str) -> Any:
+    """`torch.load` without running code (weights_only), its failure worded for a person."""
+    try:
+        return load_weights_only(path)
     except Exception as err:
         if not not_a_state_dict_file(err):
             raise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .cli_common import folder_problem
+from .cli_common import folder_problem, load_weights_only
 from .configuration_zeta import ZetaConfig
 from .modeling_zeta import ZetaForCausalLM
 from .zeta_api import Decoder, Encoder, config_from_zeta_kwargs
@@ -451,7 +451,7 @@ def convert_zeta_checkpoint(
 def load_zeta_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A Zeta state dict saved with `torch.save`, read without running any code in it (`weights_only=True`)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except OSError:
         raise  # a missing or unreadable file says so itself
     except Exception as err:  # refused by weights_only (UnpicklingError), or not a torch file at all
