@@ -1079,7 +1079,18 @@ def make_lm_head(config: ZetaConfig) -> nn.Linear:
     return nn.Linear(config.hidden_size, config.output_dim, bias=bias)
 
 
-class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
+class ZetaLMHead:
+    """What both language-model heads share: `lm_head`, the output embedding transformers ties and resizes (unless
+    `logits_dim` makes it something other than a vocabulary)."""
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+
+class ZetaForCausalLM(ZetaLMHead, ZetaPreTrainedModel, GenerationMixin):
     """Zeta Transformer with its logits head (`to_logits`), for `generate()`, `Trainer` and `pipeline`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -1114,12 +1125,6 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
                         f"(`max_position_embeddings`={self.config.max_position_embeddings})."
                     )
         return super().generate(inputs, generation_config=generation_config, **kwargs)
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.lm_head = new_embeddings
 
     @classmethod
     def from_transformer(cls, transformer: nn.Module) -> "ZetaForCausalLM":
@@ -1229,7 +1234,7 @@ class ZetaEncoderHead(ZetaPreTrainedModel):
         return output
 
 
-class ZetaForMaskedLM(ZetaEncoderHead):
+class ZetaForMaskedLM(ZetaLMHead, ZetaEncoderHead):
     """An `Encoder` with its logits head, trained to fill in masked tokens (labels -100 are ignored)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -1240,12 +1245,6 @@ class ZetaForMaskedLM(ZetaEncoderHead):
         self.model = ZetaModel(config, embedding_provider)
         self.lm_head = make_lm_head(config)
         self.post_init()
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        return self.lm_head if self.config.logits_dim in (None, self.config.vocab_size) else None
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.lm_head = new_embeddings
 
     def logits_from(self, outputs: ZetaModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.lm_head(outputs.last_hidden_state)
