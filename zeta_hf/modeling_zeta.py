@@ -1119,6 +1119,13 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
+    def compile_for_decode(self, **inductor_options) -> "ZetaForCausalLM":
+        """Later `generate()` calls decode over a static cache with a compiled, weight-frozen step (see
+        `zeta_hf.fast_decode.compile_for_decode`, docs/decode_speed.md); returns the model."""
+        from .fast_decode import compile_for_decode
+
+        return compile_for_decode(self, **inductor_options)
+
 
 class ZetaEncoderHead(ZetaPreTrainedModel):
     """What the encoder heads share: `ZetaModel` (uncached) -> `logits_from` -> `loss_from` (with labels) -> output."""
