@@ -16,7 +16,7 @@ Workloads:
   decode_compiled  HF models only: as decode_static, plus generate()'s auto torch.compile (CompileConfig forced on
                    CPU); the warm-up call is identical to the timed one, so compilation happens before timing
   decode_fast      HF models only: zeta_hf's `compile_for_decode` settings (static cache, decode step compiled with
-                   inductor `freezing`), the same CompileConfig given to Llama's generate(); the inductor options
+                   inductor `cpp_wrapper`), the same CompileConfig given to Llama's generate(); the inductor options
                    can be overridden for an A/B with BENCH_INDUCTOR_OPTIONS='{"cpp_wrapper": true}' (JSON)
   decode_int8      HF models only: as decode, weights int8 weight-only through transformers' TorchAoConfig
                    (torchao Int8WeightOnlyConfig), saved and loaded with from_pretrained(quantization_config=...)

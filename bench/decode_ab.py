@@ -7,7 +7,7 @@ Llama's in that round and the result is the median of those ratios (with their s
 prepared the same way; all greedy, prompt 128):
 
   default      generate() with its default cache, batch 1
-  fast         static cache + decode step compiled with `compile_for_decode`'s CompileConfig (inductor freezing);
+  fast         static cache + decode step compiled with `compile_for_decode`'s CompileConfig (inductor C++ wrapper);
                zeta_hf through `model.compile_for_decode()`, Llama given the same config in generate()
   int8         weights int8 weight-only through transformers' TorchAoConfig (save, from_pretrained), batch 1
   int8_fast    int8 + fast

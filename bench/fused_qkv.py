@@ -4,7 +4,7 @@ zeta_hf's decode step projects the normed hidden state with three separate weigh
 batch 1 these are matrix-vector products, bound by reading the weights; one product over the concatenated
 (3 x dim, dim) weight reads the same bytes in one kernel call instead of three. This measures both over every layer
 of a bench.py size (each layer its own weights, as in the model, so they are not all hot in cache), interleaved
-over rounds, eager and under torch.compile (inductor with freezing, as `compile_for_decode`). The GLU feedforward
+over rounds, eager and under torch.compile (inductor with the C++ wrapper, as `compile_for_decode`). The GLU feedforward
 needs no such measurement: zeta_hf's GLU variants already project with one (dim, 2 x inner) weight.
 
     OMP_NUM_THREADS=1 python bench/fused_qkv.py --size small --rounds 15 --out bench/results/fused_qkv_small.json
@@ -67,7 +67,7 @@ def main() -> None:
     dim, depth = size["dim"], size["depth"]
     separate, fused = make_weights(dim, depth)
     variants = {"eager": (three, one)}
-    options = dict(fullgraph=True, dynamic=False, options={"freezing": True})
+    options = dict(fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
     variants["compiled"] = (torch.compile(three, **options), torch.compile(one, **options))
     rows = []
     with torch.no_grad():

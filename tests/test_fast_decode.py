@@ -22,7 +22,7 @@ INT8_LOGITS_TOLERANCE = 0.02
 
 
 def test_compile_for_decode_generates_the_eager_tokens():
-    """Prefill eager, decode steps compiled with frozen weights over a static cache: the default path's tokens, for
+    """Prefill eager, decode steps compiled (C++ wrapper) over a static cache: the default path's tokens, for
     a second prompt length too (no recompilation needed for it: the prefill is not compiled)."""
     model = make_tiny_model(position_embedding="rotary")
     g = torch.Generator().manual_seed(3)
@@ -33,7 +33,7 @@ def test_compile_for_decode_generates_the_eager_tokens():
         got = [model.generate(p, max_new_tokens=12, do_sample=False) for p in prompts]
     assert hasattr(model, "_compiled_call"), "generate() fell back to the eager step"
     assert model.generation_config.cache_implementation == "static"
-    assert model.generation_config.compile_config.options == {"freezing": True}
+    assert model.generation_config.compile_config.options == {"cpp_wrapper": True}
     for want, have in zip(expected, got):
         assert torch.equal(have, want)
 

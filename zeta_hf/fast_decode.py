@@ -11,7 +11,8 @@ The inductor options are passed to this one compilation (`torch.compile(..., opt
   other weights (`compile_for_decode` resets the compiled step).
 - `cpp_wrapper`: the compiled step is called through generated C++ instead of Python (less per-step overhead).
 - `max_autotune`: benchmarks kernel choices for each matrix product while compiling (slow to compile).
-Which of these pays on this project's CPU is measured in `docs/decode_speed.md`; the defaults are what paid there.
+Which of these pays on this project's CPU is measured in `docs/decode_speed.md`; the defaults are what paid there
+(the C++ wrapper on; freezing and max-autotune measured no gain, so they stay off).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from transformers import CompileConfig
 
 # Inductor options that `compile_for_decode` accepts by keyword, with what was measured to pay (docs/decode_speed.md).
-DEFAULT_INDUCTOR_OPTIONS: dict[str, bool] = {"freezing": True, "cpp_wrapper": False, "max_autotune": False}
+# Measured with bench/decode_ab.py --options (one thread, zeta_hf alone, alternating in one process): the C++ wrapper
+# gave 1.14x (small) / 1.09x (medium); freezing 1.00x at both, max-autotune 1.02x (small): off, since they only cost.
+DEFAULT_INDUCTOR_OPTIONS: dict[str, bool] = {"freezing": False, "cpp_wrapper": True, "max_autotune": False}
 
 
 def decode_compile_config(**inductor_options: Any) -> CompileConfig:
@@ -48,11 +51,14 @@ def decode_compile_config(**inductor_options: Any) -> CompileConfig:
 def compile_for_decode(model: torch.nn.Module, **inductor_options: Any) -> torch.nn.Module:
     """Make `model.generate()` decode over a static cache with a compiled step; returns the model.
 
+    `inductor_options` (`freezing`, `cpp_wrapper`, `max_autotune`: True / False) override
+    `DEFAULT_INDUCTOR_OPTIONS` for this model's compilation only.
+
     The model must support a static cache (`model.config.supports_static_cache`; padded batches are refused by the
     static cache). Greedy tokens equal the default eager path's (`tests/test_fast_decode.py`). The first generate()
     compiles (seconds to a minute); later calls with the same batch size and `max_new_tokens` + prompt within the
-    same static cache length reuse it. With `freezing` (the default) the weights are baked into the compiled step:
-    call `compile_for_decode` again after changing them.
+    same static cache length reuse it (a new length compiles once more). With `freezing=True` the weights are baked
+    into the compiled step: call `compile_for_decode` again after changing them.
     """
     config = getattr(model, "config", None)
     if config is None or not getattr(config, "supports_static_cache", False):

@@ -1120,7 +1120,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
     def compile_for_decode(self, **inductor_options) -> "ZetaForCausalLM":
-        """Later `generate()` calls decode over a static cache with a compiled, weight-frozen step (see
+        """Later `generate()` calls decode over a static cache with a compiled step (see
         `zeta_hf.fast_decode.compile_for_decode`, docs/decode_speed.md); returns the model."""
         from .fast_decode import compile_for_decode
 
