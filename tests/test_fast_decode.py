@@ -95,3 +95,14 @@ def test_int8_weight_only_loads_generates_saves_and_loads_back(tmp_path, monkeyp
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, logits)
         assert torch.equal(reloaded.generate(ids[:1], max_new_tokens=6, do_sample=False), tokens)
+
+
+def test_the_documented_int8_example_runs(tmp_path):
+    """docs/decode_speed.md's int8 block, as written: quantize on load, save, load back int8."""
+    from test_readme_examples import readme_block
+
+    make_tiny_model(vocab_size=256, hidden_size=64, head_dim=16).save_pretrained(tmp_path / "float")
+    namespace = dict(ZetaForCausalLM=ZetaForCausalLM, folder=tmp_path / "float", out_folder=tmp_path / "int8")
+    exec(compile(readme_block("## Int8 weights: transformers' `TorchAoConfig`", "docs/decode_speed.md"),
+                 "decode_speed.md", "exec"), namespace)
+    assert type(namespace["model"].model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
