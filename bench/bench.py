@@ -162,7 +162,8 @@ def fast_compile_config() -> Any:
 
 
 def quantize_int8(model_name: str, model: Any) -> Any:
-    """`model` saved and loaded back int8 weight-only through transformers' TorchAoConfig (both models alike)."""
+    """`model` saved and loaded back int8 weight-only through transformers' TorchAoConfig (both models alike), in
+    the model's dtype (activations and the unquantized weights stay in it)."""
     import tempfile
 
     from torchao.quantization import Int8WeightOnlyConfig
@@ -170,7 +171,8 @@ def quantize_int8(model_name: str, model: Any) -> Any:
 
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        return type(model).from_pretrained(folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+        return type(model).from_pretrained(folder, dtype=model.dtype,
+                                           quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
 
 
 def run_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:

@@ -13,6 +13,9 @@ prepared the same way; all greedy, prompt 128):
   int8_fast    int8 + fast
   b4, b16      default generate(), batch 4 / 16 of equal-length prompts (tokens/s counts every row)
   b4_padded, b16_padded  the same with left-padded prompts (row lengths 128 down to 32, attention mask)
+  bf16, bf16_fast, int8_bf16, int8_bf16_fast  default / fast / int8 / int8 + fast with the model in bfloat16
+               (activations and unquantized weights); bfloat16 activations are what inductor's CPU int8 weight-only
+               kernel (`_weight_int8pack_mm`) serves
 
     OMP_NUM_THREADS=1 python bench/decode_ab.py --size small --variants default fast int8 b16 --rounds 7 \
         --out bench/results/decode_ab_small.json
@@ -39,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SIZES, build, make_parser, num_threads, quantize_int8  # noqa: E402
 
-VARIANTS = ("default", "fast", "int8", "int8_fast", "b4", "b16", "b4_padded", "b16_padded")
+VARIANTS = ("default", "fast", "int8", "int8_fast", "b4", "b16", "b4_padded", "b16_padded", "bf16", "bf16_fast",
+            "int8_bf16", "int8_bf16_fast")
 BATCHES = {"b4": 4, "b16": 16, "b4_padded": 4, "b16_padded": 16}
 
 
@@ -48,6 +52,8 @@ def prepare(model_name: str, variant: str, size: dict[str, int]) -> tuple[Any, d
     from zeta_hf.fast_decode import decode_compile_config
 
     model = build(model_name, size).eval()
+    if "bf16" in variant:
+        model = model.to(torch.bfloat16)
     if variant.startswith("int8"):
         model = quantize_int8(model_name, model).eval()
     batch = BATCHES.get(variant, 1)
