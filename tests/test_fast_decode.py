@@ -106,3 +106,18 @@ def test_the_documented_int8_example_runs(tmp_path):
     exec(compile(readme_block("## Int8 weights: transformers' `TorchAoConfig`", "docs/decode_speed.md"),
                  "decode_speed.md", "exec"), namespace)
     assert type(namespace["model"].model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+
+
+def test_int8_model_through_compile_for_decode_generates_its_eager_tokens(tmp_path):
+    """The two fast paths together: an int8 weight-only model's compiled decode gives its eager tokens."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    make_tiny_model(vocab_size=256, hidden_size=64, head_dim=16, position_embedding="rotary").save_pretrained(tmp_path)
+    model = ZetaForCausalLM.from_pretrained(tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())).eval()
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=10, do_sample=False)
+        got = model.compile_for_decode().generate(ids, max_new_tokens=10, do_sample=False)
+    assert hasattr(model, "_compiled_call"), "generate() fell back to the eager step"
+    assert torch.equal(got, expected)
