@@ -48,7 +48,7 @@ def decode_compile_config(**inductor_options: Any) -> CompileConfig:
     return config
 
 
-def compile_for_decode(model: torch.nn.Module, **inductor_options: Any) -> torch.nn.Module:
+def compile_for_decode(model: torch.nn.Module, **inductor_options: bool) -> torch.nn.Module:
     """Make `model.generate()` decode over a static cache with a compiled step; returns the model.
 
     `inductor_options` (`freezing`, `cpp_wrapper`, `max_autotune`: True / False) override

@@ -1119,7 +1119,7 @@ class ZetaForCausalLM(ZetaPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def compile_for_decode(self, **inductor_options) -> "ZetaForCausalLM":
+    def compile_for_decode(self, **inductor_options: bool) -> "ZetaForCausalLM":
         """Later `generate()` calls decode over a static cache with a compiled step (see
         `zeta_hf.fast_decode.compile_for_decode`, docs/decode_speed.md); returns the model."""
         from .fast_decode import compile_for_decode
