@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SIZES, build, make_parser, num_threads  # noqa: E402  (sibling script, not a package)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CACHED_DECODE = ("decode", "decode_static", "decode_compiled")
+CACHED_DECODE = ("decode", "decode_static", "decode_compiled", "decode_fast")  # float32 weights, batch 1
 
 
 def measure_bandwidth(mb: int = 512, repeats: int = 5) -> dict[str, float]:

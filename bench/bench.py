@@ -15,6 +15,16 @@ Workloads:
   decode_static    HF models only: as decode, with cache_implementation="static"
   decode_compiled  HF models only: as decode_static, plus generate()'s auto torch.compile (CompileConfig forced on
                    CPU); the warm-up call is identical to the timed one, so compilation happens before timing
+  decode_fast      HF models only: zeta_hf's `compile_for_decode` settings (static cache, decode step compiled with
+                   inductor `cpp_wrapper`), the same CompileConfig given to Llama's generate(); the inductor options
+                   can be overridden for an A/B with BENCH_INDUCTOR_OPTIONS='{"cpp_wrapper": true}' (JSON)
+  decode_int8      HF models only: as decode, weights int8 weight-only through transformers' TorchAoConfig
+                   (torchao Int8WeightOnlyConfig), saved and loaded with from_pretrained(quantization_config=...)
+  decode_int8_fast HF models only: decode_int8 with decode_fast's compiled step
+  decode_b4, decode_b16            HF models only: as decode, batch 4 / 16 of equal-length prompts (tok/s counts
+                                   every row's tokens), prompt 128 + `new_batched` new
+  decode_b4_padded, decode_b16_padded  as decode_b4 / decode_b16 with left-padded prompts (lengths 128 down to
+                                   32, attention mask)
 
     python bench/bench.py --size small --rounds 3 --out bench/results/small.json
     python bench/bench.py --size small --params          # parameter counts only, no timing
@@ -35,16 +45,24 @@ from typing import Any
 
 # prompt / new: decode lengths; new_uncached is shorter because every uncached step re-runs the whole sequence.
 SIZES: dict[str, dict[str, int]] = {
-    "small": dict(dim=256, depth=4, heads=4, seq=256, batch=4, prompt=128, new=256, new_uncached=64),
-    "medium": dict(dim=512, depth=8, heads=8, seq=1024, batch=2, prompt=128, new=256, new_uncached=64),
+    "small": dict(dim=256, depth=4, heads=4, seq=256, batch=4, prompt=128, new=256, new_uncached=64, new_batched=128),
+    "medium": dict(dim=512, depth=8, heads=8, seq=1024, batch=2, prompt=128, new=256, new_uncached=64,
+                   new_batched=64),
     # smoke-test size only (not a benchmark): seconds per cell
-    "tiny": dict(dim=64, depth=2, heads=2, seq=32, batch=1, prompt=16, new=8, new_uncached=4),
+    "tiny": dict(dim=64, depth=2, heads=2, seq=32, batch=1, prompt=16, new=8, new_uncached=4, new_batched=4),
 }
 MODELS = ("llama", "zeta", "xtransformers")
 HF_MODELS = ("llama", "zeta")
-WORKLOADS = ("train_step", "forward", "decode", "decode_uncached", "decode_static", "decode_compiled", "train_step_ckpt")
-HF_ONLY_WORKLOADS = ("decode_static", "decode_compiled", "train_step_ckpt")
-DECODE_WORKLOADS = ("decode", "decode_uncached", "decode_static", "decode_compiled")
+BATCHED_WORKLOADS = {"decode_b4": (4, False), "decode_b16": (16, False), "decode_b4_padded": (4, True),
+                     "decode_b16_padded": (16, True)}  # workload: (batch, left-padded)
+WORKLOADS = ("train_step", "forward", "decode", "decode_uncached", "decode_static", "decode_compiled", "train_step_ckpt",
+             "decode_fast", "decode_int8", "decode_int8_fast", *BATCHED_WORKLOADS)
+HF_ONLY_WORKLOADS = ("decode_static", "decode_compiled", "train_step_ckpt", "decode_fast", "decode_int8",
+                     "decode_int8_fast", *BATCHED_WORKLOADS)
+DECODE_WORKLOADS = ("decode", "decode_uncached", "decode_static", "decode_compiled", "decode_fast", "decode_int8",
+                    "decode_int8_fast", *BATCHED_WORKLOADS)
+# the workloads whose warm-up call is the timed call (a static cache and compiled steps specialise on its shape)
+FULL_WARMUP_WORKLOADS = ("decode_static", "decode_compiled", "decode_fast", "decode_int8_fast")
 # A row whose median CPU utilisation is off by more than this fraction from its workload's median is suspect:
 # on a shared machine low utilisation means another process took our cores during the measurement.
 CONTENDED_REL = 0.3
@@ -131,7 +149,30 @@ def hf_generate_kwargs(workload: str) -> dict[str, Any]:
         compile_config = CompileConfig()
         compile_config._compile_all_devices = True
         return dict(cache_implementation="static", compile_config=compile_config)
+    if workload in ("decode_fast", "decode_int8_fast"):
+        return dict(cache_implementation="static", compile_config=fast_compile_config())
     return {}
+
+
+def fast_compile_config() -> Any:
+    """zeta_hf's `compile_for_decode` CompileConfig, with BENCH_INDUCTOR_OPTIONS (JSON) on top for A/B runs."""
+    from zeta_hf.fast_decode import decode_compile_config
+
+    return decode_compile_config(**json.loads(os.environ.get("BENCH_INDUCTOR_OPTIONS") or "{}"))
+
+
+def quantize_int8(model_name: str, model: Any) -> Any:
+    """`model` saved and loaded back int8 weight-only through transformers' TorchAoConfig (both models alike), in
+    the model's dtype (activations and the unquantized weights stay in it)."""
+    import tempfile
+
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return type(model).from_pretrained(folder, dtype=model.dtype,
+                                           quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
 
 
 def run_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:
@@ -143,6 +184,8 @@ def run_cell(model_name: str, workload: str, size_name: str) -> dict[str, Any]:
     size = SIZES[size_name]
     model = build(model_name, size)
     params = sum(p.numel() for p in model.parameters())
+    if workload.startswith("decode_int8"):
+        model = quantize_int8(model_name, model)
     baseline_mb = current_rss_mb()
     cell: dict[str, Any] = dict(model=model_name, workload=workload, size=size_name, params=params, threads=threads,
                                 baseline_rss_mb=baseline_mb, zeta_hf_digest=zeta_hf_digest())
@@ -207,6 +250,23 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
             for _ in range(3):
                 logits_of(model_name, model, ids)
         tokens = 3 * ids.numel()
+    elif workload in BATCHED_WORKLOADS:  # greedy decode of a batch, default cache
+        model.eval()
+        batch, padded = BATCHED_WORKLOADS[workload]
+        prompt = torch.randint(1, 256, (batch, size["prompt"]))
+        mask = torch.ones_like(prompt)
+        if padded:  # left padding: row lengths spread evenly from the full prompt down to a quarter of it
+            for row in range(batch):
+                pad = round(row * 0.75 * size["prompt"] / max(batch - 1, 1))
+                mask[row, :pad] = 0
+                prompt[row, :pad] = 0
+        new = size["new_batched"]
+        kwargs = dict(do_sample=False, attention_mask=mask, pad_token_id=0)
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=4, min_new_tokens=4, **kwargs)
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            model.generate(prompt, max_new_tokens=new, min_new_tokens=new, **kwargs)
+        tokens = batch * new
     else:  # greedy decode, batch 1
         model.eval()
         prompt = torch.randint(0, 256, (1, size["prompt"]))
@@ -222,6 +282,11 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
                 wrapper.generate(prompt, new, filter_thres=0.999)
             else:
                 kwargs = dict(do_sample=False, **hf_generate_kwargs(workload))
+                if workload in ("decode_fast", "decode_int8_fast") and model_name == "zeta":
+                    from zeta_hf.fast_decode import compile_for_decode
+
+                    # the documented entry point; the same CompileConfig goes to both models' generate()
+                    compile_for_decode(model, **json.loads(os.environ.get("BENCH_INDUCTOR_OPTIONS") or "{}"))
                 if workload == "decode_compiled" and model_name == "zeta":
                     # zeta_hf's documented fast path (README, "Performance"): compile the whole forward, prefill
                     # and decode step alike, over a static cache; Llama keeps generate()'s own decode-step compile
@@ -229,13 +294,16 @@ def _measure(model_name: str, model: Any, workload: str, size: dict[str, int]) -
                     kwargs = dict(do_sample=False, cache_implementation="static")
                 # static/compiled: warm up with the exact timed call, so cache allocation and torch.compile
                 # (which specialises on the static cache shape) happen before the clock starts
-                warm = new if workload in ("decode_static", "decode_compiled") else 8
+                warm = new if workload in FULL_WARMUP_WORKLOADS else 8
                 model.generate(prompt, max_new_tokens=warm, min_new_tokens=warm, **kwargs)
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 model.generate(prompt, max_new_tokens=new, min_new_tokens=new, **kwargs)
-                if workload == "decode_compiled":
+                if workload in ("decode_compiled", "decode_fast", "decode_int8_fast"):
                     # generate() silently falls back to eager when its compile criteria fail: record which happened
-                    extra["compiled"] = model_name == "zeta" or hasattr(model, "_compiled_call")
+                    extra["compiled"] = ((model_name == "zeta" and workload == "decode_compiled")
+                                         or hasattr(model, "_compiled_call"))
+                if workload.endswith("_fast"):
+                    extra["inductor_options"] = kwargs["compile_config"].options
         tokens = new
     seconds = time.perf_counter() - t0
     cpu = (time.process_time() - cpu0) / seconds / num_threads()
@@ -319,7 +387,7 @@ def make_table(results: list[dict[str, Any]], models: list[str], workloads: list
             if model == "xtransformers" and workload == "decode":
                 label = "xtransformers (uncached)"
                 notes.add(f"xtransformers (uncached): {XT_UNCACHED_NOTE}; its decode row is not a cached decode.")
-            if workload == "decode_compiled" and any(c.get("compiled") is False for c in cells):
+            if any(c.get("compiled") is False for c in cells):
                 label += " (NOT compiled: fell back to eager)"
             rss_ratio = f"{rss[model] / rss['llama']:.2f}" if "llama" in rss else "-"
             rss_over = _median([c["rss_over_baseline_mb"] for c in cells])

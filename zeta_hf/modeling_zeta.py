@@ -1211,6 +1211,13 @@ class ZetaForCausalLM(ZetaLMHead, ZetaPreTrainedModel, GenerationMixin):
         )
         return output
 
+    def compile_for_decode(self, **inductor_options: bool) -> "ZetaForCausalLM":
+        """Later `generate()` calls decode over a static cache with a compiled step (see
+        `zeta_hf.fast_decode.compile_for_decode`, docs/decode_speed.md); returns the model."""
+        from .fast_decode import compile_for_decode
+
+        return compile_for_decode(self, **inductor_options)
+
 
 class ZetaEncoderHead(ZetaPreTrainedModel):
     """What the encoder heads share: `ZetaModel` (uncached) -> `logits_from` -> `loss_from` (with labels) -> output."""
