@@ -7,8 +7,8 @@ For each model (matched as in bench.py) it measures, per generated token at batc
   the model's forward (logits processing, stopping criteria, input preparation: the same code for both models),
   timed inside the same calls;
 - `forward`: one decode-step forward with a cache, in a hand-written loop (what the model itself costs);
-- `bare` (zeta only): the same step as one plain function over the weights (`bare_zeta_step`: only the tensor
-  operations, no module calls, checks or output objects; checked bit for bit against the model);
+- `step` (zeta only): the package's own step without forward's input checks and output objects (`package_step`:
+  plan, embedding, `ZetaModel.run_layers`, head; checked bit for bit against the model);
 - `gemv`: the same step's matrix-vector products alone (every nn.Linear once, on its own weights), the part
   bounded by memory bandwidth;
 - `read bound`: the weight bytes read per token divided by this machine's measured read bandwidth;
@@ -18,8 +18,8 @@ For each model (matched as in bench.py) it measures, per generated token at batc
 
 `forward - gemv` is per-layer dispatch and the small ops (norms, rotary, attention, residuals). `best ratio` is what zeta_hf would reach against Llama's `generate()` if everything in its
 step except the in-situ matrix products and generate()'s own work took no time at all: a target above it cannot be
-met by removing overhead. `bare ratio` is what zeta_hf's own operations reach in eager PyTorch with nothing around
-them: the bare step plus generate()'s own per-step work, against Llama's `generate()` (generate()'s own work counts
+met by removing overhead. `step ratio` is what zeta_hf's step reaches without forward's checks and output objects:
+the package step plus generate()'s own per-step work, against Llama's `generate()` (generate()'s own work counts
 as the smaller of the two models' measurements). Models are interleaved over rounds in one process; minima are
 reported (the least disturbed run on a shared machine). Not a test: nothing here asserts.
 
@@ -82,57 +82,38 @@ def per_token_forward(model: Any, prompt: Any, new: int) -> float:
     return (time.perf_counter() - start) / new
 
 
-def bare_zeta_step(model: Any, token: Any, cache: Any, position: int) -> Any:
-    """zeta_hf's decode step for the benchmark's configuration (rotary, RMSNorm, GELU) as one plain function over its
-    weights: only the tensor operations, with no module call, check, output object or option branch around them.
-
-    What an eager implementation of the same numbers cannot go below; `main` checks it against the model bit for bit.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from zeta_hf.positional_zeta import apply_rotary
+def package_step(model: Any, token: Any, cache: Any) -> Any:
+    """zeta_hf's own decode step without what `forward` does around it: the call's plan, the embedding, the layer loop
+    (`ZetaModel.run_layers`, direct module calls on a hook-free model) and the head; no input checks, no `output_*`
+    bookkeeping, no output objects. What the step costs inside the package; `main` checks it against `forward`."""
+    from zeta_hf.modeling_zeta import _Collected
 
     m = model.model
-    x = F.embedding(token, m.embed_tokens.weight)
-    cos, sin, _, index = m.rotary_emb(torch.tensor([[position]]), 0)
-    for layer in m.layers:
-        h = layer.pre_norm.forward(x)  # ZetaRMSNorm, without Module.__call__
-        if layer.mlp is not None:
-            f = layer.mlp
-            h = f.act.forward(F.linear(h, f.up_proj.weight, f.up_proj.bias))  # ZetaGELU, without Module.__call__
-            x = F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
-            continue
-        a = layer.self_attn
-        q = F.linear(h, a.q_proj.weight).view(1, 1, a.num_heads, a.head_dim).transpose(1, 2)
-        k = F.linear(h, a.k_proj.weight).view(1, 1, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        v = F.linear(h, a.v_proj.weight).view(1, 1, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin, 1.0, index), apply_rotary(k, cos, sin, 1.0, index)
-        k, v = cache.update(k, v, a.layer_idx)
-        out = F.scaled_dot_product_attention(q, k, v, scale=a.scaling).transpose(1, 2).reshape(1, 1, -1)
-        x = F.linear(out, a.o_proj.weight) + x
-    x = m.norm.forward(x)
-    return F.linear(x, model.lm_head.weight, model.lm_head.bias)
+    plan = m.plan(token, None, cache)
+    positions = plan.token_positions()
+    x = m.embed(token, None, positions)
+    x = m.run_layers(x, plan, m.attention_inputs(plan, positions, x.dtype), cache, None, None, _Collected(skip=0))
+    return model.lm_head(x)
 
 
-def per_token_bare(model: Any, prompt: Any, new: int, check: bool = False) -> float:
-    """Seconds per step of a greedy loop over `bare_zeta_step`; with `check`, first asserts it equals the model."""
+def per_token_package_step(model: Any, prompt: Any, new: int, check: bool = False) -> float:
+    """Seconds per step of a greedy loop over `package_step`; with `check`, first asserts it equals the model."""
     import torch
 
     if check:
         reference = model(prompt, use_cache=True).cache
-        bare = model(prompt, use_cache=True).cache
+        own = model(prompt, use_cache=True).cache
         token = torch.tensor([[1]])
-        for i in range(8):
+        for _ in range(8):
             want = model(token, cache=reference, use_cache=True).logits
-            got = bare_zeta_step(model, token, bare, prompt.shape[1] + i)
-            assert torch.equal(got, want), "bare_zeta_step no longer computes zeta_hf's numbers"
+            got = package_step(model, token, own)
+            assert torch.equal(got, want), "package_step no longer computes zeta_hf's forward"
             token = want[:, -1:].argmax(-1)
     cache = model(prompt, use_cache=True).cache
     token = torch.tensor([[1]])
     start = time.perf_counter()
-    for i in range(new):
-        token = bare_zeta_step(model, token, cache, prompt.shape[1] + i)[:, -1:].argmax(-1)
+    for _ in range(new):
+        token = package_step(model, token, cache)[:, -1:].argmax(-1)
     return (time.perf_counter() - start) / new
 
 
@@ -213,13 +194,13 @@ def main() -> None:
         n: {"generate": [], "generate_own": [], "forward": [], "gemv": [], "gemm_insitu": [], "other_aten": []}
         for n in models
     }
-    times["zeta"]["bare"] = []
+    times["zeta"]["step"] = []
     ops_per_step: dict[str, float] = {}
     weight_bytes = {}
     with torch.no_grad():
         for model in models.values():
             per_token_generate(model, prompt, 4)  # warm-up
-        per_token_bare(models["zeta"], prompt, 4, check=True)
+        per_token_package_step(models["zeta"], prompt, 4, check=True)
         for _ in range(args.rounds):
             for name, model in models.items():
                 step, own = per_token_generate(model, prompt, args.new)
@@ -227,7 +208,7 @@ def main() -> None:
                 times[name]["generate_own"].append(own)
                 times[name]["forward"].append(per_token_forward(model, prompt, args.new))
                 if name == "zeta":
-                    times[name]["bare"].append(per_token_bare(model, prompt, args.new))
+                    times[name]["step"].append(per_token_package_step(model, prompt, args.new))
                 gemv, weight_bytes[name] = per_token_gemv(model)
                 times[name]["gemv"].append(gemv)
                 profiled = per_token_profile(model, prompt, args.new)
@@ -264,11 +245,11 @@ def main() -> None:
           "ratios)")
     print(f"best ratio: Llama generate / (zeta in-situ gemm + generate's own work {own_work:.2f}) = {best_ratio:.2f}x")
     result["best_ratio_vs_llama_generate"] = best_ratio
-    # the bare step plus the least per-step work generate() itself did for either model
-    bare_ratio = llama["generate"] / (zeta["bare"] + own_work)
-    print(f"bare ratio: Llama generate / (zeta bare step {zeta['bare']:.2f} + generate's own work {own_work:.2f}) = "
-          f"{bare_ratio:.2f}x: what zeta_hf's operations reach in eager PyTorch with nothing around them")
-    result["bare_ratio_vs_llama_generate"] = bare_ratio
+    # the package step plus the least per-step work generate() itself did for either model
+    step_ratio = llama["generate"] / (zeta["step"] + own_work)
+    print(f"step ratio: Llama generate / (zeta package step {zeta['step']:.2f} + generate's own work {own_work:.2f}) = "
+          f"{step_ratio:.2f}x: what zeta_hf's step reaches without forward's checks and output objects")
+    result["step_ratio_vs_llama_generate"] = step_ratio
     forward_ms = min(times["zeta"]["forward"]) * 1e3
     print(f"\nzeta_hf input checks: {checks * 1e6:.1f} us per decode step ({checks * 1e3 / forward_ms:.1%} of its forward)")
     result["input_checks_us"] = checks * 1e6
