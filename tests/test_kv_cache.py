@@ -151,8 +151,8 @@ def test_single_position_rotary_layout_is_bit_identical(rotary_emb_dim, xpos, dt
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Decode steps with direct module calls (`ZetaModel._calls_directly`, `layers_zeta.invoke`): the same code without
-# `nn.Module.__call__`, so the generic forward's numbers bit for bit; never taken where a hook would be skipped
+# The lean decode step (`ZetaLayer.decode_step`, chosen by `ZetaModel._takes_decode_step`): the generic forward's
+# numbers, bit for bit, or not taken at all
 # ---------------------------------------------------------------------------------------------------------------------
 
 LEAN_CONFIGS = {
@@ -171,13 +171,13 @@ LEAN_CONFIGS = {
 
 
 def decode_both_ways(model: ZetaForCausalLM, ids: torch.Tensor, steps: int) -> tuple[list, list, bool]:
-    """Logits of `steps` greedy decode steps from two caches filled by the same prefill: one with direct module calls
-    (if the model is hook-free), one forced through `nn.Module.__call__`. Returns both lists and whether direct served."""
+    """Logits of `steps` greedy decode steps from two caches filled by the same prefill: one through the lean step
+    (if the model serves it), one forced through the generic forward. Returns both lists and whether lean served."""
     with torch.no_grad():
         lean_cache = model(ids, use_cache=True).cache
         generic_cache = model(ids, use_cache=True).cache
-        served = lean_cache.zeta_layout.hook_free
-        generic_cache.zeta_layout.hook_free = False
+        served = lean_cache.zeta_layout.lean_decode
+        generic_cache.zeta_layout.lean_decode = False
         token = model(ids).logits[:, -1:].argmax(-1)
         lean, generic = [], []
         for _ in range(steps):
@@ -193,12 +193,12 @@ def test_lean_decode_step_is_bit_identical_to_the_generic_forward(name, dtype, m
     from zeta_hf.modeling_zeta import ZetaModel
 
     calls = []
-    original = ZetaModel._calls_directly
-    monkeypatch.setattr(ZetaModel, "_calls_directly", lambda self, *a: original(self, *a) and not calls.append(1))
+    original = ZetaModel._takes_decode_step
+    monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
     model = tiny(**LEAN_CONFIGS[name]).to(dtype)
     ids = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(6))
     lean, generic, served = decode_both_ways(model, ids, steps=5)
-    assert served and len(calls) == 5, "direct calls did not serve a hook-free model"
+    assert served and len(calls) == 5, "the lean step did not serve a configuration it should"
     for step, (got, want) in enumerate(zip(lean, generic)):
         assert got.dtype == dtype
         assert torch.equal(got, want), f"step {step}: max difference {(got - want).abs().max()}"
@@ -213,61 +213,50 @@ def test_generate_through_the_lean_step_equals_uncached_generation():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("case", ["alibi", "sandwich-norm", "qk-norm", "shift-tokens", "lora", "output-attentions",
-                                  "padded-mask"])
-def test_direct_calls_serve_every_option_bit_for_bit(case, monkeypatch):
-    """Options, PEFT layers and extras asked for at a step run the same code with direct calls: the lean path has no
-    list of options it leaves out, and its logits equal those through `nn.Module.__call__` bit for bit."""
+@pytest.mark.parametrize("case", ["alibi", "sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
+                                  "output-attentions", "padded-mask"])
+def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
+    """Options the lean step leaves out, hooks it would skip, PEFT layers it would bypass and extras asked for at a
+    step all take the generic forward, whose results are the reference."""
     from zeta_hf.modeling_zeta import ZetaModel
 
     calls = []
-    original = ZetaModel._calls_directly
-    monkeypatch.setattr(ZetaModel, "_calls_directly", lambda self, *a: original(self, *a) and not calls.append(1))
+    original = ZetaModel._takes_decode_step
+    monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
     overrides = {"alibi": dict(position_embedding="alibi"), "sandwich-norm": dict(norm_placement="sandwich"),
                  "qk-norm": dict(qk_norm=True), "shift-tokens": dict(shift_tokens=1)}.get(case, {})
     model = tiny(**overrides)
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8))
+    if case == "forward-hook":
+        model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: out * 2)
     if case == "lora":
         peft = pytest.importorskip("peft")
         model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
     step_kwargs = {}
     if case == "output-attentions":
         step_kwargs = dict(output_attentions=True)
     if case == "padded-mask":
         step_kwargs = dict(attention_mask=torch.tensor([[0] + [1] * 6, [1] * 7]))
-    token = torch.ones(2, 1, dtype=torch.long)
+    if case in ("output-attentions", "padded-mask", "alibi"):  # (ALiBi: the call's bias over the key axis)
+        assert cache.zeta_layout.lean_decode  # served in general, but not for this call
+    else:
+        assert not cache.zeta_layout.lean_decode
     with torch.no_grad():
-        cache, reference = model(ids, use_cache=True).cache, model(ids, use_cache=True).cache
-        reference.zeta_layout.hook_free = False
-        want = model(token, cache=reference, use_cache=True, **step_kwargs)
-        assert not calls, f"{case}: the reference step called modules directly"
-        got = model(token, cache=cache, use_cache=True, **step_kwargs)
-    assert calls == [1], f"{case}: the step did not call modules directly"
-    assert torch.equal(got.logits, want.logits)
-    if case == "output-attentions":
-        assert all(torch.equal(g, w) for g, w in zip(got.attentions, want.attentions, strict=True))
-
-
-def test_a_hook_turns_direct_calls_off_and_runs(monkeypatch):
-    """A forward hook anywhere in the model keeps every decode step on `nn.Module.__call__`, so the hook runs."""
-    from zeta_hf.modeling_zeta import ZetaModel
-
-    calls = []
-    original = ZetaModel._calls_directly
-    monkeypatch.setattr(ZetaModel, "_calls_directly", lambda self, *a: original(self, *a) and not calls.append(1))
-    model, plain = tiny(), tiny()
-    seen = []
-    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(1) or out * 2)
-    ids, token = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8)), torch.ones(2, 1, dtype=torch.long)
-    with torch.no_grad():
-        cache = model(ids, use_cache=True).cache
-        assert not cache.zeta_layout.hook_free
-        seen.clear()
-        model(token, cache=cache, use_cache=True)
-        assert seen == [1] and not calls, "the hook was skipped at a decode step"
-        warm = plain(ids, use_cache=True).cache
-        plain(token, cache=warm, use_cache=True)
-    assert calls == [1], "direct calls are never taken, so stepping aside proves nothing"
+        token = torch.ones(2, 1, dtype=torch.long)
+        fresh = model(ids, use_cache=True).cache
+        fresh.zeta_layout.lean_decode = False
+        got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
+        assert not calls, f"{case}: the step went through the lean decode step"
+        want = model(token, cache=fresh, use_cache=True, **step_kwargs).logits
+        # the same step without the reason to step aside does take the lean step (so the check above can fail)
+        plain = tiny()
+        with torch.no_grad():
+            warm = plain(ids, use_cache=True).cache
+            plain(token, cache=warm, use_cache=True)
+        assert calls == [1], "the lean decode step is never taken, so stepping aside proves nothing"
+    assert torch.equal(got, want)
 
 
 def test_gelu_runs_on_the_native_kernel_and_restores_the_backend_flag():

@@ -512,35 +512,43 @@ class ModelCheckMixin:
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
     def test_lean_decode_step_equals_generic_or_is_not_taken(self, config, dtype, monkeypatch):
-        """A decode step of a hook-free model calls modules' `forward` directly (`ZetaModel._calls_directly`): every
-        variant takes it, and its logits equal those through `nn.Module.__call__` bit for bit."""
+        """One token per row on a warm cache may take the lean decode step (`ZetaLayer.decode_step`, chosen by
+        `ZetaModel._takes_decode_step`). Wherever a
+        configuration takes it, its logits equal the generic forward's bit for bit; a configuration that leaves it out
+        never reaches it."""
         self.require_generation()
         self.require_causal(config)
         self.require_cache(config)
         from zeta_hf.modeling_zeta import ZetaModel
 
         calls = []
-        original = ZetaModel._calls_directly
-        monkeypatch.setattr(ZetaModel, "_calls_directly", lambda model, *a: original(model, *a) and not calls.append(1))
+        original = ZetaModel._takes_decode_step
+        monkeypatch.setattr(ZetaModel, "_takes_decode_step",
+                            lambda model, *a: original(model, *a) and not calls.append(1))
         model = self.build(config).to(dtype)
         ids, enc = self.ids(config, length=PROMPT), self.encoder_inputs(config)
         enc = {k: v.to(dtype) if v.is_floating_point() else v for k, v in enc.items()}
         with torch.no_grad():
             lean_cache = model(ids, use_cache=True, **enc).cache
             generic_cache = model(ids, use_cache=True, **enc).cache
-            assert lean_cache.zeta_layout.hook_free, "a model without hooks did not serve direct calls"
-            generic_cache.zeta_layout.hook_free = False  # forces `nn.Module.__call__`
+            # served where every layer serves it and no bias lies over the key axis at a decode step
+            base = model.base_model
+            lean_served = lean_cache.zeta_layout.lean_decode and base.position_bias is None and (
+                config.max_attend_past is None)
+            generic_cache.zeta_layout.lean_decode = False  # forces the generic forward
             token = model(ids, use_cache=False, **enc).logits[:, -1:].argmax(-1)
             for step in range(3):
                 calls.clear()
                 got = model(token, cache=lean_cache, use_cache=True, **enc).logits
-                assert len(calls) == 1, f"step {step}: direct calls taken {len(calls)} times"
+                assert len(calls) == (1 if lean_served else 0), f"step {step}: lean step taken {len(calls)} times"
                 calls.clear()
                 want = model(token, cache=generic_cache, use_cache=True, **enc).logits
-                assert not calls, "the reference went through direct calls"
+                assert not calls, "the generic reference went through the lean step"
                 assert got.dtype == want.dtype == dtype
-                assert torch.equal(got, want), f"step {step}: direct vs called differ by {(got - want).abs().max()}"
+                assert torch.equal(got, want), f"step {step}: lean vs generic differ by {(got - want).abs().max()}"
                 token = want.argmax(-1)
+        # the options the lean step leaves out are exactly those a layer cannot serve
+        assert lean_cache.zeta_layout.lean_decode == model.base_model._serves_decode_step()
 
     # ---- 5. gradients reach every parameter ----
     def test_gradients_reach_every_parameter(self, config):

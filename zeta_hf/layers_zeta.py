@@ -171,13 +171,6 @@ FF_ACTIVATION_CLASSES = {
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def invoke(module: nn.Module, direct: bool) -> Callable:
-    """`module` itself, or its `forward` when `direct`: the caller has checked that nothing hooks the model
-    (`ZetaModel.hook_free`), so skipping `nn.Module.__call__` changes nothing but time. At batch 1 a decode step's module
-    calls cost about as much as its small operations; both ways run the same code, so the numbers are the same."""
-    return module.forward if direct else module
-
-
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(b, kv_heads, n, d) -> (b, kv_heads * n_rep, n, d); query head h reads key/value head h // n_rep."""
     if n_rep == 1:
@@ -349,7 +342,6 @@ class ZetaAttention(nn.Module):
         position_bias: torch.Tensor | None = None,
         output_attentions: bool = False,
         attention_interface: Callable | None = None,
-        direct: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> (output, post-softmax weights or None, pre-softmax scores or None). With `output_attentions` the weights
@@ -362,14 +354,11 @@ class ZetaAttention(nn.Module):
             kv_input = hidden_states if mem is None else torch.cat((mem, hidden_states), dim=1)
         m = kv_input.shape[1]
 
-        query = invoke(self.q_proj, direct)(hidden_states).view(b, n, -1, self.head_dim).transpose(1, 2)  # (b, h, n, d)
-        key = invoke(self.k_proj, direct)(kv_input).view(b, m, -1, self.head_dim).transpose(1, 2)  # (b, kvh, m, d)
-        if self.v_proj is None:  # shared_kv
-            value = key
-        else:
-            value = invoke(self.v_proj, direct)(kv_input).view(b, m, -1, self.value_dim).transpose(1, 2)
-        if self.qk_norm:
-            query, key = self.normalize_qk(query, self.q_scale), self.normalize_qk(key, self.k_scale)
+        query = self.q_proj(hidden_states).view(b, n, -1, self.head_dim).transpose(1, 2)  # (b, h, n, d)
+        key = self.k_proj(kv_input).view(b, m, -1, self.head_dim).transpose(1, 2)  # (b, kvh, m, d)
+        value = key if self.v_proj is None else self.v_proj(kv_input).view(b, m, -1, self.value_dim).transpose(1, 2)
+        query = self.normalize_qk(query, self.q_scale)
+        key = self.normalize_qk(key, self.k_scale)
 
         if rotary is not None and context is None:
             query, key, value = self.rotate(query, key, value, rotary)
@@ -413,8 +402,8 @@ class ZetaAttention(nn.Module):
             attn_output = attn_output * self.head_scale[:, None]  # (b, n, h, d) * (h, 1)
         attn_output = attn_output.reshape(b, n, -1)  # (b, n, h * d)
         if self.v_gate is not None:
-            attn_output = attn_output * invoke(self.v_gate, direct)(hidden_states).sigmoid()
-        return invoke(self.out_glu, direct)(invoke(self.o_proj, direct)(attn_output)), attn_weights, scores
+            attn_output = attn_output * self.v_gate(hidden_states).sigmoid()
+        return self.out_glu(self.o_proj(attn_output)), attn_weights, scores
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -440,15 +429,13 @@ class ZetaFeedForward(nn.Module):
         if config.zero_init_ff_output:
             self.down_proj.zeta_init = "zeros"
 
-    def forward(self, x: torch.Tensor, direct: bool = False) -> torch.Tensor:
-        x = invoke(self.up_proj, direct)(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.glu:
-            x, gate = x.chunk(2, dim=-1)
-            x = x * invoke(self.act, direct)(gate)
+            x, gate = self.up_proj(x).chunk(2, dim=-1)
+            x = x * self.act(gate)
         else:
-            x = invoke(self.act, direct)(x)
-        x = invoke(self.dropout, direct)(invoke(self.post_act_norm, direct)(x))
-        return invoke(self.down_proj, direct)(x)
+            x = self.act(self.up_proj(x))
+        return self.down_proj(self.dropout(self.post_act_norm(x)))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -636,28 +623,85 @@ class ZetaLayer(GradientCheckpointingLayer):
         prev_scores: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         cache: Cache | None = None,
-        direct: bool = False,
         **attn_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """-> (hidden states, branch output before the sandwich norm (resiDual sums it), attention weights, scores).
 
         Tensors that need gradients are positional and the result is a plain tuple, as reentrant activation
-        checkpointing requires. `direct`: call sub-modules' `forward` without `nn.Module.__call__` (see `invoke`).
+        checkpointing requires.
         """
         weights = scores = None
-        h = invoke(self.pre_norm, direct)(hidden_states)
-        mlp, shift_tokens = self.mlp, self.shift_tokens
-        if shift_tokens is not None:
+        h = self.pre_norm(hidden_states)
+        if self.shift_tokens is not None:
             # Zeta masks shifted features only on the attention branches
-            h = invoke(shift_tokens, direct)(h, query_keep if mlp is None else None, cache)
-        if mlp is not None:
-            h = invoke(mlp, direct)(h, direct=direct)
+            h = self.shift_tokens(h, query_keep if self.mlp is None else None, cache)
+        if self.mlp is not None:
+            h = self.mlp(h)
         else:
             attention = self.self_attn if self.self_attn is not None else self.cross_attn
-            h, weights, scores = invoke(attention, direct)(h, attention_mask, cache=cache, prev_scores=prev_scores,
-                                                           context=context, direct=direct, **attn_kwargs)
+            h, weights, scores = attention(h, attention_mask, cache=cache, prev_scores=prev_scores, context=context,
+                                           **attn_kwargs)
             if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
                 h = h * query_keep
         branch = h * self.branch_scale if self.branch_scale != 1.0 else h
-        x = invoke(self.residual, direct)(invoke(self.branch_norm, direct)(branch), hidden_states)
-        return invoke(self.post_norm, direct)(x), branch, weights, scores
+        x = self.residual(self.branch_norm(branch), hidden_states)
+        return self.post_norm(x), branch, weights, scores
+
+    def serves_decode_step(self) -> bool:
+        """Whether `decode_step` computes exactly what `forward` does for this layer: a pre-norm self-attention or
+        feedforward branch with a plain residual, built from plain `nn.Linear` projections (so not a PEFT or quantised
+        replacement, whose extra work the lean step would skip) and none of the options `decode_step` leaves out."""
+        plain = nn.Identity
+        if self.shift_tokens is not None or self.branch_scale != 1.0 or isinstance(self.pre_norm, plain):
+            return False
+        if not (isinstance(self.branch_norm, plain) and isinstance(self.post_norm, plain)):
+            return False
+        if type(self.residual) is not ZetaResidual or self.residual.residual_scale is not None or self.residual.constant != 1:
+            return False
+        if self.mlp is not None:
+            f = self.mlp
+            return all(type(m) is nn.Linear for m in (f.up_proj, f.down_proj)) and all(
+                isinstance(m, plain) for m in (f.post_act_norm, f.dropout)
+            )
+        a = self.self_attn
+        if a is None or a.v_proj is None or a.qk_norm or a.needs_scores or a.add_zero_kv or a.rotate_values:
+            return False
+        return (
+            all(type(m) is nn.Linear for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+            and isinstance(a.out_glu, plain) and a.v_gate is None and a.head_scale is None
+        )
+
+    def decode_step(
+        self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
+    ) -> torch.Tensor:
+        """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`.
+
+        The same operations in the same order, so the same numbers bit for bit (tests/test_kv_cache.py), without the
+        module calls and option branches that cost as much as the matrix products of a batch-1 decode step. The caller
+        has checked that no module has hooks, so modules are run through `forward`, skipping `nn.Module.__call__`.
+        Where transformers' sdpa function would only call PyTorch's (one unmasked query per row, no grouped heads), this
+        calls it directly.
+        """
+        b = x.shape[0]
+        h = self.pre_norm.forward(x)
+        if self.mlp is not None:
+            f = self.mlp
+            h = F.linear(h, f.up_proj.weight, f.up_proj.bias)
+            if f.glu:
+                h, gate = h.chunk(2, dim=-1)
+                h = h * f.act.forward(gate)
+            else:
+                h = f.act.forward(h)
+            return F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
+        a = self.self_attn
+        query = F.linear(h, a.q_proj.weight, a.q_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, h, 1, d)
+        key = F.linear(h, a.k_proj.weight, a.k_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
+        value = F.linear(h, a.v_proj.weight, a.v_proj.bias).view(b, 1, -1, a.value_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key, value = a.rotate(query, key, value, rotary)
+        key, value = cache.update(key, value, a.layer_idx)
+        if attention_interface is sdpa_attention_forward and a.num_key_value_groups == 1:
+            out = F.scaled_dot_product_attention(query, key, value, scale=a.scaling).transpose(1, 2)  # (b, 1, h, d)
+        else:
+            out, _ = attention_interface(a, query, key, value, None, dropout=0.0, scaling=a.scaling, is_causal=False)
+        return F.linear(out.reshape(b, 1, -1), a.o_proj.weight, a.o_proj.bias) + x  # (b, 1, h * d)

@@ -49,7 +49,6 @@ from .layers_zeta import (
     ZetaScaleNorm,
     ZetaUnitOffsetLayerNorm,
     eager_attention_forward,
-    invoke,
     make_dropout,
     make_norm,
     use_growing_kv_layers,
@@ -412,7 +411,7 @@ class ZetaCacheLayout:
 
     prefix_length: int  # memory K/V slots + XL mems + memory tokens: never masked, never token positions
     prepend_length: int  # prepended embeddings: masked like tokens, but not counted as token positions
-    hook_free: bool = False  # nothing hooks the model: later calls may skip `nn.Module.__call__` (`ZetaModel.hook_free`)
+    lean_decode: bool = False  # every layer serves `ZetaLayer.decode_step` and nothing has hooks (decided at prefill)
 
 
 @dataclass
@@ -764,7 +763,7 @@ class ZetaModel(ZetaPreTrainedModel):
                                      prepend_length=prepend_embeds.shape[1] if prepend_embeds is not None else 0)
             if cache is not None:
                 # decided once per sequence: walking the modules costs more than a decode step may
-                layout.hook_free = self.hook_free()
+                layout.lean_decode = self._serves_decode_step()
                 cache.zeta_layout = layout
                 if isinstance(cache, DynamicCache):
                     use_growing_kv_layers(cache, cfg.num_attention_layers)
@@ -826,8 +825,7 @@ class ZetaModel(ZetaPreTrainedModel):
         attention function's own causal flag suffices."""
         cfg = self.config
         extra, num_queries, key_length = cfg.extra_key_slots, plan.num_queries, plan.key_length
-        eager_like = plan.attn_implementation != "sdpa" or self.needs_attention_scores
-        explicit_causal = cfg.is_causal and (key_length > num_queries or eager_like or eager)
+        explicit_causal = cfg.is_causal and (key_length > num_queries or self._eager_like or eager)
         needs_bias = plan.mask is not None or self.position_bias is not None or cfg.max_attend_past is not None or (
             num_queries > 1 and (extra > 0 or explicit_causal)
         )
@@ -851,6 +849,10 @@ class ZetaModel(ZetaPreTrainedModel):
             combined = F.pad(combined, (extra, 0))
             raw_bias = F.pad(raw_bias, (extra, 0)) if raw_bias is not None else None
         return combined, raw_bias
+
+    @property
+    def _eager_like(self) -> bool:
+        return self.config._attn_implementation != "sdpa" or self.needs_attention_scores
 
     # ---- embeddings ----
     def embed(
@@ -902,7 +904,10 @@ class ZetaModel(ZetaPreTrainedModel):
         residual_attn, cross_residual_attn = cfg.residual_attn, cfg.cross_residual_attn
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(plan.attn_implementation, eager_attention_forward)
         eager = kept.attentions is not None
-        direct = self._calls_directly(plan)
+        if self._takes_decode_step(plan, inputs, kept):
+            for layer in self.layers:
+                x = layer.decode_step(x, cache, inputs.rotary, attention)
+            return self.norm.forward(x)  # no hooks: `_serves_decode_step`
         prev_scores = prev_cross_scores = None
         outer_residual = x * scale if cfg.norm_placement == "resi_dual" else None
         for idx, layer in enumerate(self.layers):
@@ -916,42 +921,48 @@ class ZetaModel(ZetaPreTrainedModel):
                 if kept.attention_inputs is not None:
                     kept.attention_inputs.append(x)
                 mem = None if mems is None else mems[layer.self_attn.layer_idx].to(x.dtype)  # raw, as in Zeta
-                x, branch, weights, scores = invoke(layer, direct)(
+                x, branch, weights, scores = layer(
                     x, inputs.bias, inputs.query_keep, prev_scores, cache=cache, rotary=inputs.rotary, mem=mem,
                     prefill=plan.prefill, position_bias=inputs.raw_bias, output_attentions=eager,
-                    attention_interface=attention, direct=direct, **attn_kwargs,
+                    attention_interface=attention, **attn_kwargs,
                 )
                 prev_scores = scores if residual_attn else None
             elif layer.kind == "cross":
-                x, branch, weights, scores = invoke(layer, direct)(
-                    x, inputs.cross_mask, inputs.query_keep, prev_cross_scores, context, cache=cache,
-                    output_attentions=eager, attention_interface=attention, direct=direct,
-                )
+                x, branch, weights, scores = layer(x, inputs.cross_mask, inputs.query_keep, prev_cross_scores, context,
+                                                   cache=cache, output_attentions=eager, attention_interface=attention)
                 prev_cross_scores = scores if cross_residual_attn else None
             else:
-                x, branch, weights, _ = invoke(layer, direct)(x, None, inputs.query_keep, cache=cache, direct=direct)
+                x, branch, weights, _ = layer(x, None, inputs.query_keep, cache=cache)
             if outer_residual is not None:
                 outer_residual = outer_residual + branch * scale
             if eager and layer.kind != "ff":
                 kept.attentions.append(weights[:, :, kept.skip:])
         return x + self.norm(outer_residual) if outer_residual is not None else self.norm(x)
 
-    # ---- decode steps without module-call overhead ----
-    def hook_free(self) -> bool:
-        """Whether nothing hooks this model: no global or module forward hooks and no `forward` replaced on an
-        instance. Then a module's `forward` is exactly what calling it does, and a decode step may call it directly."""
+    # ---- the lean decode step ----
+    def _serves_decode_step(self) -> bool:
+        """Whether every layer may run `ZetaLayer.decode_step` at this sequence's decode steps: each one serves it
+        (`ZetaLayer.serves_decode_step`), nothing reads encoder states, and no hook would be skipped (the lean step
+        calls modules' `forward` directly)."""
         hooks = nn.modules.module
-        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        if self.has_cross_attention or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules())
+        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules()):
+            return False
+        return all(layer.serves_decode_step() for layer in self.layers)
 
-    def _calls_directly(self, plan: ZetaPlan) -> bool:
-        """A decode step on a warm cache of a hook-free model, in inference: the layers run the same code with their
-        sub-modules' `forward` called directly (`layers_zeta.invoke`), the same numbers bit for bit (the common test
-        mixin checks it over every variant). At batch 1 a decode step's matrix products take about as long as the
-        module calls around them (`bench/profile_decode.py`). Checked hooks once per sequence, at prefill."""
+    def _takes_decode_step(self, plan: ZetaPlan, inputs: _AttentionInputs, kept: _Collected) -> bool:
+        """One new token per row on a warm cache that serves the lean step, with no bias over the key axis (no
+        padding, position bias or window in this call) and nothing asked for beyond the last hidden state.
+
+        At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
+        option branches; `bench/profile_decode.py`), so the lean step keeps only the operations themselves, in the
+        generic path's order: the same numbers bit for bit (the common test mixin checks it over every variant)."""
         return (
-            plan.layout.hook_free and not plan.prefill and not self.training and not torch.compiler.is_compiling()
+            plan.layout.lean_decode and plan.num_queries == 1 and not plan.prefill and plan.fixed_cache is None
+            and inputs.bias is None and inputs.query_keep is None and not self.training
+            and kept.hidden is None and kept.branch is None and kept.attentions is None and kept.attention_inputs is None
+            and not torch.compiler.is_compiling()
         )
 
     def _next_mems(self, attention_inputs: list[torch.Tensor], mems: list[torch.Tensor] | None) -> list[torch.Tensor]:
