@@ -121,3 +121,21 @@ def test_int8_model_through_compile_for_decode_generates_its_eager_tokens(tmp_pa
         got = model.compile_for_decode().generate(ids, max_new_tokens=10, do_sample=False)
     assert hasattr(model, "_compiled_call"), "generate() fell back to the eager step"
     assert torch.equal(got, expected)
+
+
+def test_saving_a_model_compiled_for_decode_keeps_the_checkpoints_generation_defaults(tmp_path):
+    """`compile_for_decode` changes how this process generates; the saved generation config stays the default one
+    (a static cache in generation_config.json would refuse every padded batch a pipeline sends)."""
+    import json
+
+    model = make_tiny_model(ZetaForCausalLM, position_embedding="rotary").compile_for_decode()
+    assert model.generation_config.cache_implementation == "static"
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved.get("cache_implementation") is None and "compile_config" not in saved
+    assert model.generation_config.cache_implementation == "static"  # still compiled in this process
+    reloaded = ZetaForCausalLM.from_pretrained(tmp_path)
+    ids = torch.tensor([[0, 0, 5, 6], [1, 2, 3, 4]])
+    out = reloaded.generate(ids, attention_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), max_new_tokens=2,
+                            do_sample=False)  # a left-padded batch, which a static cache would refuse
+    assert out.shape == (2, 6)

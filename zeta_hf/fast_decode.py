@@ -69,6 +69,11 @@ def compile_for_decode(model: torch.nn.Module, **inductor_options: bool) -> torc
         )
     compile_config = decode_compile_config(**inductor_options)
     model.eval()
+    if not hasattr(model, "_generation_before_compile"):
+        # how this process runs generate(), not the checkpoint's defaults: `save_pretrained` writes these back
+        model._generation_before_compile = {
+            name: getattr(model.generation_config, name) for name in ("cache_implementation", "disable_compile")
+        }
     model.generation_config.cache_implementation = "static"
     model.generation_config.compile_config = compile_config
     model.generation_config.disable_compile = False

@@ -112,6 +112,20 @@ class ZetaPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, atomically (see `_save_atomically`). `compile_for_decode`'s static cache
+        is how this process generates, not the checkpoint's default: the generation config is saved as it was before
+        (a static cache would refuse the padded batches a pipeline sends)."""
+        before = getattr(self, "_generation_before_compile", None) or {}
+        now = {name: getattr(self.generation_config, name) for name in before}
+        for name, value in before.items():
+            setattr(self.generation_config, name, value)
+        try:
+            return self._save_atomically(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        finally:
+            for name, value in now.items():
+                setattr(self.generation_config, name, value)
+
+    def _save_atomically(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         """`PreTrainedModel.save_pretrained`, atomically: a save killed midway leaves the previous model loadable.
 
         Everything is written into a hidden sibling folder first, then moved into place: one rename for a new folder,
