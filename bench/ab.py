@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import WORKLOADS, make_parser  # noqa: E402
+from bench import WORKLOADS, make_parser, run_subprocess_cell  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 AFTER = HERE.parent
@@ -29,15 +28,8 @@ AFTER = HERE.parent
 
 def cell(model: str, workload: str, size: str, checkout: Path) -> dict[str, Any]:
     """One bench.py cell in a fresh interpreter, importing zeta_hf from `checkout`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
-    proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--cell", model, workload, size],
-                          capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return dict(error=tail[:300])
+    path = os.pathsep.join(p for p in (str(checkout), os.environ.get("PYTHONPATH", "")) if p)
+    return run_subprocess_cell(model, workload, size, env={**os.environ, "PYTHONPATH": path})
 
 
 def main() -> None:

@@ -435,10 +435,12 @@ def mark_contended(results: list[dict[str, Any]]) -> None:
             c["contended"] = abs(c["cpu_utilisation"] - med) > CONTENDED_REL * med
 
 
-def run_subprocess_cell(model: str, workload: str, size_name: str) -> dict[str, Any]:
-    """Run one cell in a fresh interpreter; a crash (segfault, OOM kill, import error) becomes an error cell."""
+def run_subprocess_cell(model: str, workload: str, size_name: str, env: dict[str, str] | None = None
+                        ) -> dict[str, Any]:
+    """Run one cell in a fresh interpreter (with `env`, e.g. another checkout first on PYTHONPATH); a crash
+    (segfault, OOM kill, import error) becomes an error cell."""
     proc = subprocess.run([sys.executable, __file__, "--cell", model, workload, size_name],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         try:

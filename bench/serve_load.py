@@ -34,22 +34,6 @@ MODES = {"generate": [], "continuous_batching": ["--continuous-batching", "--cb-
                                                  "--cb-max-batch-tokens", "512"]}
 
 
-def byte_tokenizer():
-    """A `tokenizers`-backed tokenizer of the 128 ASCII bytes (ids 3-130) and <pad>, </s>, <unk> (0-2): fits the
-    benchmark models' vocabulary of 256, and streams (transformers' streaming decodes with a Rust tokenizer)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    vocab.update({char: byte + 3 for byte, char in bytes_to_unicode().items() if byte < 128})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<pad>", "</s>", "<unk>")])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
 def save_model(name: str, size: dict[str, int], folder: Path) -> int:
     """Save model `name` at `size` with the byte tokenizer; end-of-sequence off. Returns its parameter count."""
     model = build(name, size).eval()
@@ -57,7 +41,9 @@ def save_model(name: str, size: dict[str, int], folder: Path) -> int:
         config.eos_token_id = None
     model.generation_config.do_sample = False
     model.save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
+    from zeta_hf.data import make_tokenizer
+
+    make_tokenizer(num_bytes=128).save_pretrained(folder)  # ASCII: fits the benchmark models' 256 ids
     return sum(p.numel() for p in model.parameters())
 
 

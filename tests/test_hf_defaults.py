@@ -358,3 +358,13 @@ def test_output_attentions_under_sdpa_equals_eager_maps(case, monkeypatch):
         assert not calls
     torch.testing.assert_close(plain.logits, maps["eager"].logits, rtol=1e-5, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_ascii_tokenizer_fits_256_ids_and_keeps_the_byte_ids():
+    full, ascii_only = make_tokenizer(), make_tokenizer(num_bytes=128)
+    text = "Hi, zeta!"
+    assert ascii_only(text).input_ids == full(text).input_ids == [b + 3 for b in text.encode()]
+    assert len(ascii_only) == 256 and ascii_only.decode(ascii_only(text).input_ids) == text
+    assert ascii_only("é").input_ids == [ascii_only.unk_token_id] * 2  # two UTF-8 bytes past ASCII
+    with pytest.raises(ValueError, match=r"`num_bytes` must be 128 \(ASCII\) or 256 \(every byte\), but got 200"):
+        make_tokenizer(num_bytes=200)

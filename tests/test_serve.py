@@ -22,30 +22,18 @@ import pytest
 import torch
 from conftest import make_tiny_config
 from test_modeling_common import VARIANTS, variant_id
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import ContinuousBatchingConfig, GenerationConfig, PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from zeta_hf import ZetaForCausalLM
 from zeta_hf.chat import CHAT_TEMPLATE, add_chat_template
 from zeta_hf.cli import main
+from zeta_hf.data import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = 1 << 16  # rotary: no position table, so a long context costs nothing until it is used
 PROMPTS = ["Hello", "The quick brown fox", "def f(x):", "a", "zeta", "1 2 3 4", "OpenAI-compatible", "<|user|>"]
 NEW_TOKENS = 12
 SERVER_START_SECONDS = 240  # two cores shared with other test workers: imports alone can take a minute
-
-
-def ascii_tokenizer() -> PreTrainedTokenizerFast:
-    """A `tokenizers`-backed byte-level tokenizer of the ASCII bytes (ids 3-130) with <pad>, </s>, <unk> (0-2)."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    vocab.update({char: byte + 3 for byte, char in bytes_to_unicode().items() if byte < 128})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<pad>", "</s>", "<unk>")])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def greedy(model: ZetaForCausalLM, ids: list[int], new_tokens: int) -> list[int]:
@@ -61,10 +49,10 @@ def folders(tmp_path_factory) -> dict[str, Path]:
                               num_key_value_heads=2, eos_token_id=1, pad_token_id=0, bos_token_id=None)
     model = ZetaForCausalLM(config).eval()
     root = tmp_path_factory.mktemp("serve")
-    tokenizer = ascii_tokenizer()
+    tokenizer = make_tokenizer(num_bytes=128)
     for name, template in (("chat", True), ("plain", False)):
         model.save_pretrained(root / name)
-        (add_chat_template(ascii_tokenizer()) if template else tokenizer).save_pretrained(root / name)
+        (add_chat_template(make_tokenizer(num_bytes=128)) if template else tokenizer).save_pretrained(root / name)
     return {"chat": root / "chat", "plain": root / "plain"}
 
 

@@ -33,8 +33,11 @@ class CorpusError(ValueError):
     """A corpus that cannot be used: missing, empty, malformed or too short."""
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer(num_bytes: int = _NUM_BYTES) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer for a causal LM: ids 0-2 are <pad>, </s>, <unk>; byte b is id b + 3; sentinels 259-383.
+
+    `num_bytes=128` keeps the ASCII bytes only (ids 3-130, sentinels 131-255; other bytes become <unk>): it fits a
+    model of 256 ids.
 
     The ids are those of transformers' `ByT5Tokenizer`, but it is a plain `PreTrainedTokenizerFast` (a `tokenizer.json`
     built with the tokenizers library, no custom code) and, unlike ByT5's seq2seq tokenizer, it adds nothing when
@@ -46,9 +49,11 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     # Byte b -> a printable stand-in character (the GPT-2 byte-level alphabet that `ByteLevel` pre-tokenizes into);
     # no merges, so every byte stays one token.
     vocab = {token: i for i, token in enumerate(_SPECIALS)}
-    vocab.update({char: byte + BYTE_OFFSET for byte, char in bytes_to_unicode().items()})
+    if num_bytes not in (128, _NUM_BYTES):
+        raise ValueError(f"`num_bytes` must be 128 (ASCII) or {_NUM_BYTES} (every byte), but got {num_bytes!r}.")
+    vocab.update({char: byte + BYTE_OFFSET for byte, char in bytes_to_unicode().items() if byte < num_bytes})
     sentinels = [f"<extra_id_{i}>" for i in range(_NUM_SENTINELS)]
-    vocab.update({token: BYTE_OFFSET + _NUM_BYTES + i for i, token in enumerate(sentinels)})
+    vocab.update({token: BYTE_OFFSET + num_bytes + i for i, token in enumerate(sentinels)})
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
