@@ -381,15 +381,9 @@ class ZetaAttention(nn.Module):
         if self.needs_scores:
             scores = attention_scores(self, query, key, attention_mask, self.scaling, prev_scores, position_bias)
             attn_output, attn_weights = attend(self, scores, value, dropout)
-        elif (attention_interface is sdpa_attention_forward and attention_mask is None and not output_attentions
-              and self.num_key_value_groups == 1):
-            # all transformers' sdpa function would do here is call PyTorch's: a decode step saves its bookkeeping
-            attn_output = F.scaled_dot_product_attention(
-                query, key, value, dropout_p=dropout, is_causal=self.is_causal and n > 1, scale=self.scaling
-            ).transpose(1, 2)  # (b, n, h, d)
-            attn_weights = None
         else:
-            if output_attentions or attention_interface is None:  # the maps come from the eager reference
+            # the maps come from the eager reference; the model resolves the configured function once per call
+            if output_attentions or attention_interface is None:
                 attention_interface = eager_attention_forward if output_attentions else (
                     ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
                 )
