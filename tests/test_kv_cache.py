@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_model
+from torch import nn
 from transformers.cache_utils import DynamicLayer
 
 from zeta_hf import ZetaConfig, ZetaForCausalLM
@@ -176,7 +177,7 @@ def decode_both_ways(model: ZetaForCausalLM, ids: torch.Tensor, steps: int) -> t
     with torch.no_grad():
         lean_cache = model(ids, use_cache=True).cache
         generic_cache = model(ids, use_cache=True).cache
-        served = lean_cache.zeta_layout.lean_decode
+        assert lean_cache.zeta_layout.lean_decode is None  # decided at the first decode step, not at prefill
         generic_cache.zeta_layout.lean_decode = False
         token = model(ids).logits[:, -1:].argmax(-1)
         lean, generic = [], []
@@ -184,7 +185,7 @@ def decode_both_ways(model: ZetaForCausalLM, ids: torch.Tensor, steps: int) -> t
             lean.append(model(token, cache=lean_cache, use_cache=True).logits)
             generic.append(model(token, cache=generic_cache, use_cache=True).logits)
             token = generic[-1].argmax(-1)
-    return lean, generic, served
+    return lean, generic, lean_cache.zeta_layout.lean_decode
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -202,6 +203,84 @@ def test_lean_decode_step_is_bit_identical_to_the_generic_forward(name, dtype, m
     for step, (got, want) in enumerate(zip(lean, generic)):
         assert got.dtype == dtype
         assert torch.equal(got, want), f"step {step}: max difference {(got - want).abs().max()}"
+
+
+# Every field `ZetaLayer.DECODE_STEP_FIELDS` names, at a value of its own: the lean step still serves the layers, with
+# the generic forward's numbers. (Adding a field to that tuple needs a case here.)
+DECODE_STEP_FIELD_CASES = {
+    "hidden_size": dict(hidden_size=48),
+    "num_attention_heads": dict(num_attention_heads=4, head_dim=8),
+    "num_key_value_heads": dict(num_key_value_heads=1),
+    "head_dim": dict(head_dim=8),
+    "value_head_dim": dict(value_head_dim=24),
+    "norm": dict(norm="scalenorm"),
+    "layer_norm_eps": dict(norm="layernorm", layer_norm_eps=1e-3),
+    "norm_bias": dict(norm="layernorm", norm_bias=False),
+    "norm_unit_offset": dict(norm_unit_offset=True),
+    "scalenorm_dim_scale": dict(norm="scalenorm", scalenorm_dim_scale=True),
+    "ff_mult": dict(ff_mult=2),
+    "ff_activation": dict(ff_activation="swiglu"),
+    "ff_bias": dict(ff_bias=False),
+    "rotary_rotate_values": dict(rotary_rotate_values=True),
+    "num_memory_kv": dict(num_memory_kv=3),
+    "attention_dropout": dict(attention_dropout=0.1),
+    "ff_dropout": dict(ff_dropout=0.1),
+    "zero_init_attn_output": dict(zero_init_attn_output=True),
+    "zero_init_ff_output": dict(zero_init_ff_output=True),
+}
+
+
+def test_every_decode_step_field_has_a_case():
+    from zeta_hf.layers_zeta import ZetaLayer
+
+    assert set(DECODE_STEP_FIELD_CASES) == set(ZetaLayer.DECODE_STEP_FIELDS)
+
+
+@pytest.mark.parametrize("field", list(DECODE_STEP_FIELD_CASES))
+def test_each_field_the_lean_step_names_is_served_bit_for_bit(field):
+    model = tiny(**DECODE_STEP_FIELD_CASES[field])
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(9))
+    lean, generic, served = decode_both_ways(model, ids, steps=3)
+    assert served is True, f"{field}: the lean step did not serve a field it names"
+    for step, (got, want) in enumerate(zip(lean, generic)):
+        assert torch.equal(got, want), f"{field}, step {step}: max difference {(got - want).abs().max()}"
+
+
+class _Marker(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("change", ["new-setting", "new-parameter", "new-submodule", "swapped-activation",
+                                    "projection-bias", "residual-scale", "norm-dropped"])
+def test_an_option_the_lean_step_does_not_name_turns_it_off(change):
+    """Whether a layer serves the lean step is read off its modules, not from a list of options: any change to a
+    module that the step's reference layer does not have (a setting, a parameter, a sub-module, a replaced piece)
+    sends the layer through `forward`. Changes that only act in training do not."""
+    model = tiny()
+    base = model.model
+    assert base._serves_decode_step()
+    layer = base.layers[0]
+    attention, mlp = layer.self_attn, base.layers[1].mlp
+    if change == "new-setting":
+        attention.some_new_option = True
+    elif change == "new-parameter":
+        mlp.register_parameter("gain", nn.Parameter(torch.ones(1)))
+    elif change == "new-submodule":
+        attention.extra = _Marker()
+    elif change == "swapped-activation":
+        mlp.act = nn.Tanh()
+    elif change == "projection-bias":
+        attention.o_proj = nn.Linear(attention.o_proj.in_features, attention.o_proj.out_features, bias=True)
+    elif change == "residual-scale":
+        layer.residual.constant = 0.5
+    elif change == "norm-dropped":
+        layer.pre_norm = nn.Identity()
+    assert not base._serves_decode_step(), f"{change}: the lean step would skip what the change does"
+    # a round through training mode and gradient checkpointing (which only acts in training) changes nothing
+    fresh = tiny().train()
+    fresh.activation_checkpointing_enable()
+    assert fresh.eval().model._serves_decode_step()
 
 
 def test_generate_through_the_lean_step_equals_uncached_generation():
@@ -234,21 +313,23 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
         model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():
         cache = model(ids, use_cache=True).cache
+        assert cache.zeta_layout.lean_decode is None  # decided at the first decode step
     step_kwargs = {}
     if case == "output-attentions":
         step_kwargs = dict(output_attentions=True)
     if case == "padded-mask":
         step_kwargs = dict(attention_mask=torch.tensor([[0] + [1] * 6, [1] * 7]))
-    if case in ("output-attentions", "padded-mask", "alibi"):  # (ALiBi: the call's bias over the key axis)
-        assert cache.zeta_layout.lean_decode  # served in general, but not for this call
-    else:
-        assert not cache.zeta_layout.lean_decode
     with torch.no_grad():
         token = torch.ones(2, 1, dtype=torch.long)
         fresh = model(ids, use_cache=True).cache
         fresh.zeta_layout.lean_decode = False
         got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
         assert not calls, f"{case}: the step went through the lean decode step"
+    if case in ("output-attentions", "padded-mask", "alibi"):  # (ALiBi: the call's bias over the key axis)
+        assert cache.zeta_layout.lean_decode is True  # served in general, but not for this call
+    else:
+        assert cache.zeta_layout.lean_decode is False
+    with torch.no_grad():
         want = model(token, cache=fresh, use_cache=True, **step_kwargs).logits
         # the same step without the reason to step aside does take the lean step (so the check above can fail)
         plain = tiny()

@@ -533,7 +533,7 @@ class ModelCheckMixin:
             generic_cache = model(ids, use_cache=True, **enc).cache
             # served where every layer serves it and no bias lies over the key axis at a decode step
             base = model.base_model
-            lean_served = lean_cache.zeta_layout.lean_decode and base.position_bias is None and (
+            lean_served = base._serves_decode_step() and base.position_bias is None and (
                 config.max_attend_past is None)
             generic_cache.zeta_layout.lean_decode = False  # forces the generic forward
             token = model(ids, use_cache=False, **enc).logits[:, -1:].argmax(-1)
@@ -547,8 +547,8 @@ class ModelCheckMixin:
                 assert got.dtype == want.dtype == dtype
                 assert torch.equal(got, want), f"step {step}: lean vs generic differ by {(got - want).abs().max()}"
                 token = want.argmax(-1)
-        # the options the lean step leaves out are exactly those a layer cannot serve
-        assert lean_cache.zeta_layout.lean_decode == model.base_model._serves_decode_step()
+        # decided once, at the first decode step, from the layers' modules
+        assert lean_cache.zeta_layout.lean_decode is model.base_model._serves_decode_step()
 
     # ---- 5. gradients reach every parameter ----
     def test_gradients_reach_every_parameter(self, config):

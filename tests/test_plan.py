@@ -38,7 +38,7 @@ def test_the_plan_places_every_prefix_on_the_key_axis():
         assert prefill.query_positions().tolist() == [[5, 6, 7, 8, 9, 10, 11]]
         assert prefill.token_positions().tolist() == [[0, 1, 2, 3]]
         # what the cache keeps: one typed attribute, nothing else of ours
-        assert cache.zeta_layout == ZetaCacheLayout(prefix_length=6, prepend_length=2, lean_decode=True)
+        assert cache.zeta_layout == ZetaCacheLayout(prefix_length=6, prepend_length=2, lean_decode=None)
         assert [name for name in vars(cache) if name.startswith("zeta")] == ["zeta_layout"]
         assert cache.get_seq_length() == 12
         step = model.plan(torch.zeros(1, 1), None, cache)

@@ -399,6 +399,26 @@ class ZetaAttention(nn.Module):
             attn_output = attn_output * self.v_gate(hidden_states).sigmoid()
         return self.out_glu(self.o_proj(attn_output)), attn_weights, scores
 
+    def decode_step(
+        self, hidden_states: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
+    ) -> torch.Tensor:
+        """`forward` for one new query per row on a warm cache with no mask, in eval, for a module built as
+        `ZetaLayer.decode_step_reference` builds it (plain `nn.Linear`s, no hooks): the same operations without the
+        module calls and option branches. Where transformers' sdpa function would only call PyTorch's (one unmasked
+        query per row, no grouped heads), this calls it directly."""
+        b = hidden_states.shape[0]
+        query = F.linear(hidden_states, self.q_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, h, 1, d)
+        key = F.linear(hidden_states, self.k_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
+        value = F.linear(hidden_states, self.v_proj.weight).view(b, 1, -1, self.value_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key, value = self.rotate(query, key, value, rotary)
+        key, value = cache.update(key, value, self.layer_idx)
+        if attention_interface is sdpa_attention_forward and self.num_key_value_groups == 1:
+            out = F.scaled_dot_product_attention(query, key, value, scale=self.scaling).transpose(1, 2)  # (b, 1, h, d)
+        else:
+            out, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False)
+        return F.linear(out.reshape(b, 1, -1), self.o_proj.weight)  # (b, 1, h * d) -> (b, 1, hidden)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Feedforward
@@ -430,6 +450,17 @@ class ZetaFeedForward(nn.Module):
         else:
             x = self.act(self.up_proj(x))
         return self.down_proj(self.dropout(self.post_act_norm(x)))
+
+    def decode_step(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` in eval for a module built as `ZetaLayer.decode_step_reference` builds it (no post-activation norm,
+        plain `nn.Linear`s, no hooks): the same operations without the module calls."""
+        x = F.linear(x, self.up_proj.weight, self.up_proj.bias)
+        if self.glu:
+            x, gate = x.chunk(2, dim=-1)
+            x = x * self.act.forward(gate)
+        else:
+            x = self.act.forward(x)
+        return F.linear(x, self.down_proj.weight, self.down_proj.bias)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -641,61 +672,77 @@ class ZetaLayer(GradientCheckpointingLayer):
         x = self.residual(self.branch_norm(branch), hidden_states)
         return self.post_norm(x), branch, weights, scores
 
-    def serves_decode_step(self) -> bool:
-        """Whether `decode_step` computes exactly what `forward` does for this layer: a pre-norm self-attention or
-        feedforward branch with a plain residual, built from plain `nn.Linear` projections (so not a PEFT or quantised
-        replacement, whose extra work the lean step would skip) and none of the options `decode_step` leaves out."""
-        plain = nn.Identity
-        if self.shift_tokens is not None or self.branch_scale != 1.0 or isinstance(self.pre_norm, plain):
-            return False
-        if not (isinstance(self.branch_norm, plain) and isinstance(self.post_norm, plain)):
-            return False
-        if type(self.residual) is not ZetaResidual or self.residual.residual_scale is not None or self.residual.constant != 1:
-            return False
-        if self.mlp is not None:
-            f = self.mlp
-            return all(type(m) is nn.Linear for m in (f.up_proj, f.down_proj)) and all(
-                isinstance(m, plain) for m in (f.post_act_norm, f.dropout)
-            )
-        a = self.self_attn
-        if a is None or a.v_proj is None or a.qk_norm or a.needs_scores or a.add_zero_kv or a.rotate_values:
-            return False
-        return (
-            all(type(m) is nn.Linear for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
-            and isinstance(a.out_glu, plain) and a.v_gate is None and a.head_scale is None
-        )
+    # Config fields whose every value `decode_step` computes as `forward` does at a one-token step on a warm cache:
+    # sizes, norms and activations (run through their own `forward`), rotary on values (`ZetaAttention.rotate`),
+    # memory key/values (read at prefill only), dropouts (the step runs in eval only) and initialisation roles. A layer
+    # serves the step when it is built exactly as these fields alone build it (`serves_decode_step`); an option missing
+    # here only costs speed, never correctness.
+    DECODE_STEP_FIELDS = (
+        "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "value_head_dim",
+        "norm", "layer_norm_eps", "norm_bias", "norm_unit_offset", "scalenorm_dim_scale",
+        "ff_mult", "ff_activation", "ff_bias", "rotary_rotate_values", "num_memory_kv",
+        "attention_dropout", "ff_dropout", "zero_init_attn_output", "zero_init_ff_output",
+    )
+
+    @classmethod
+    def decode_step_reference(cls, config: ZetaConfig, kind: str, attn_idx: int | None) -> tuple:
+        """The signature (`module_signature`) of the layer `decode_step` computes: one built from `config`'s
+        `DECODE_STEP_FIELDS` with every other option at its default (on the meta device: no memory, no init)."""
+        plain = ZetaConfig(**{name: getattr(config, name) for name in cls.DECODE_STEP_FIELDS})
+        with torch.device("meta"):
+            return module_signature(cls(plain, 0, kind, attn_idx))
+
+    def serves_decode_step(self, reference: tuple) -> bool:
+        """Whether `decode_step` computes exactly what `forward` does for this layer: its modules, settings and
+        parameter shapes are those of the `reference` layer, read off the modules themselves. Any option that changes
+        a module (a flag, a parameter, a sub-module, a PEFT or quantised replacement of a projection) makes them
+        differ, so a new option is left to `forward` until `DECODE_STEP_FIELDS` names it."""
+        return self.kind != "cross" and module_signature(self) == reference
 
     def decode_step(
         self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
     ) -> torch.Tensor:
-        """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`.
+        """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`: pre-norm,
+        branch (`ZetaAttention.decode_step` / `ZetaFeedForward.decode_step`), plain residual.
 
-        The same operations in the same order, so the same numbers bit for bit (tests/test_kv_cache.py), without the
-        module calls and option branches that cost as much as the matrix products of a batch-1 decode step. The caller
-        has checked that no module has hooks, so modules are run through `forward`, skipping `nn.Module.__call__`.
-        Where transformers' sdpa function would only call PyTorch's (one unmasked query per row, no grouped heads), this
-        calls it directly.
+        The same operations in the same order, so the same numbers bit for bit (the common test mixin checks it over
+        every variant), without the module calls and option branches that cost as much as the matrix products of a
+        batch-1 decode step. The caller has checked that no module has hooks, so modules run through `forward`,
+        skipping `nn.Module.__call__`.
         """
-        b = x.shape[0]
         h = self.pre_norm.forward(x)
         if self.mlp is not None:
-            f = self.mlp
-            h = F.linear(h, f.up_proj.weight, f.up_proj.bias)
-            if f.glu:
-                h, gate = h.chunk(2, dim=-1)
-                h = h * f.act.forward(gate)
-            else:
-                h = f.act.forward(h)
-            return F.linear(h, f.down_proj.weight, f.down_proj.bias) + x
-        a = self.self_attn
-        query = F.linear(h, a.q_proj.weight, a.q_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, h, 1, d)
-        key = F.linear(h, a.k_proj.weight, a.k_proj.bias).view(b, 1, -1, a.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
-        value = F.linear(h, a.v_proj.weight, a.v_proj.bias).view(b, 1, -1, a.value_dim).transpose(1, 2)
-        if rotary is not None:
-            query, key, value = a.rotate(query, key, value, rotary)
-        key, value = cache.update(key, value, a.layer_idx)
-        if attention_interface is sdpa_attention_forward and a.num_key_value_groups == 1:
-            out = F.scaled_dot_product_attention(query, key, value, scale=a.scaling).transpose(1, 2)  # (b, 1, h, d)
-        else:
-            out, _ = attention_interface(a, query, key, value, None, dropout=0.0, scaling=a.scaling, is_causal=False)
-        return F.linear(out.reshape(b, 1, -1), a.o_proj.weight, a.o_proj.bias) + x  # (b, 1, h * d)
+            return self.mlp.decode_step(h) + x
+        return self.self_attn.decode_step(h, cache, rotary, attention_interface) + x
+
+
+# settings that act only in training, and the lean step runs in eval only
+_INERT_IN_EVAL = frozenset({"training", "gradient_checkpointing"})
+
+
+def module_signature(module: nn.Module | None) -> tuple | None:
+    """What a module computes apart from its weights' values and dtype: its class, its settings (public attributes;
+    a config or a function counts by its class or name), its parameters' and buffers' shapes and its children's
+    signatures."""
+    if module is None:
+        return None
+    # (in the order `__init__` set them: a setting added later in another order only makes two signatures differ)
+    settings = tuple(
+        (name, _setting(value)) for name, value in vars(module).items() if name[0] != "_" and name not in _INERT_IN_EVAL
+    )
+    children = tuple((name, module_signature(child)) for name, child in module._modules.items())
+    return type(module), settings, _shapes(module._parameters), _shapes(module._buffers), children
+
+
+def _shapes(tensors: dict[str, torch.Tensor | None]) -> tuple:
+    return tuple((name, None if t is None else tuple(t.shape)) for name, t in tensors.items())
+
+
+def _setting(value: object) -> object:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_setting(v) for v in value)
+    if isinstance(value, torch.Tensor):
+        return "tensor", tuple(value.shape)
+    return getattr(value, "__qualname__", type(value))

@@ -425,7 +425,9 @@ class ZetaCacheLayout:
 
     prefix_length: int  # memory K/V slots + XL mems + memory tokens: never masked, never token positions
     prepend_length: int  # prepended embeddings: masked like tokens, but not counted as token positions
-    lean_decode: bool = False  # every layer serves `ZetaLayer.decode_step` and nothing has hooks (decided at prefill)
+    # every layer serves `ZetaLayer.decode_step` and nothing has hooks: decided at the sequence's first decode step
+    # (None until then), so a forward that is never extended (scoring, a pipeline's forward) does not pay for it
+    lean_decode: bool | None = None
 
 
 @dataclass
@@ -600,6 +602,7 @@ class ZetaModel(ZetaPreTrainedModel):
         self.supports_cache = config.supports_cache
         self.needs_attention_scores = config.needs_attention_scores
         self.has_cross_attention = "cross" in config.layer_pattern
+        self._decode_step_references: list[tuple] | None = None  # `_serves_decode_step`'s reference layers
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -776,8 +779,6 @@ class ZetaModel(ZetaPreTrainedModel):
             layout = ZetaCacheLayout(prefix_length=cfg.num_memory_kv + mem_length + cfg.num_memory_tokens,
                                      prepend_length=prepend_embeds.shape[1] if prepend_embeds is not None else 0)
             if cache is not None:
-                # decided once per sequence: walking the modules costs more than a decode step may
-                layout.lean_decode = self._serves_decode_step()
                 cache.zeta_layout = layout
                 if isinstance(cache, DynamicCache):
                     use_growing_kv_layers(cache, cfg.num_attention_layers)
@@ -955,15 +956,21 @@ class ZetaModel(ZetaPreTrainedModel):
 
     # ---- the lean decode step ----
     def _serves_decode_step(self) -> bool:
-        """Whether every layer may run `ZetaLayer.decode_step` at this sequence's decode steps: each one serves it
-        (`ZetaLayer.serves_decode_step`), nothing reads encoder states, and no hook would be skipped (the lean step
-        calls modules' `forward` directly)."""
+        """Whether every layer may run `ZetaLayer.decode_step` at this sequence's decode steps: each one is built as
+        the step's reference layer is (`ZetaLayer.serves_decode_step`, read off its modules), nothing reads encoder
+        states, and no hook would be skipped (the lean step calls modules' `forward` directly)."""
         hooks = nn.modules.module
         if self.has_cross_attention or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return False
-        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in self.modules()):
+        skipped = (*self.layers.modules(), *self.norm.modules())  # what the step runs without `nn.Module.__call__`
+        if any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in skipped):
             return False
-        return all(layer.serves_decode_step() for layer in self.layers)
+        if self._decode_step_references is None:  # built once: it depends on the config's sizes and kinds only
+            self._decode_step_references = [
+                ZetaLayer.decode_step_reference(self.config, layer.kind, getattr(layer.self_attn, "layer_idx", None))
+                for layer in self.layers
+            ]
+        return all(layer.serves_decode_step(ref) for layer, ref in zip(self.layers, self._decode_step_references))
 
     def _takes_decode_step(self, plan: ZetaPlan, inputs: _AttentionInputs, kept: _Collected) -> bool:
         """One new token per row on a warm cache that serves the lean step, with no bias over the key axis (no
@@ -972,11 +979,13 @@ class ZetaModel(ZetaPreTrainedModel):
         At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
         option branches; `bench/profile_decode.py`), so the lean step keeps only the operations themselves, in the
         generic path's order: the same numbers bit for bit (the common test mixin checks it over every variant)."""
+        if plan.num_queries != 1 or plan.prefill or plan.fixed_cache is not None or torch.compiler.is_compiling():
+            return False
+        if plan.layout.lean_decode is None:  # once per sequence: walking the modules costs more than a decode step may
+            plan.layout.lean_decode = self._serves_decode_step()
         return (
-            plan.layout.lean_decode and plan.num_queries == 1 and not plan.prefill and plan.fixed_cache is None
-            and inputs.bias is None and inputs.query_keep is None and not self.training
+            plan.layout.lean_decode and inputs.bias is None and inputs.query_keep is None and not self.training
             and kept.hidden is None and kept.branch is None and kept.attentions is None and kept.attention_inputs is None
-            and not torch.compiler.is_compiling()
         )
 
     def _next_mems(self, attention_inputs: list[torch.Tensor], mems: list[torch.Tensor] | None) -> list[torch.Tensor]:
