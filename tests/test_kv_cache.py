@@ -168,6 +168,8 @@ LEAN_CONFIGS = {
     "projected-embedding": dict(embedding_dim=24),
     "eager": dict(attn_implementation="eager"),
     "pattern-relu2": dict(block_pattern=["attn", "attn", "ff", "attn", "ff"], ff_activation="relu_squared"),
+    "alibi": dict(position_embedding="alibi"),  # a bias over the key axis reaches the step as it reaches forward
+    "t5-window": dict(position_embedding="t5", max_attend_past=4),
 }
 
 
@@ -283,6 +285,33 @@ def test_an_option_the_lean_step_does_not_name_turns_it_off(change):
     assert fresh.eval().model._serves_decode_step()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["rotary", "alibi", "t5-window"])
+def test_lean_decode_step_serves_left_padded_batches_bit_for_bit(name, dtype, monkeypatch):
+    """A left-padded batch (a pipeline's or lm-eval's batch of prompts) decodes through the lean step, its padding
+    mask and position bias passed as `forward` gets them: the generic forward's numbers, bit for bit."""
+    from zeta_hf.modeling_zeta import ZetaModel
+
+    calls = []
+    original = ZetaModel._takes_decode_step
+    monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
+    model = tiny(**LEAN_CONFIGS[name]).to(dtype)
+    ids = torch.randint(1, 64, (3, 7), generator=torch.Generator().manual_seed(10))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1], [1] * 7])
+    with torch.no_grad():
+        lean_cache = model(ids, attention_mask=mask, use_cache=True).cache
+        generic_cache = model(ids, attention_mask=mask, use_cache=True).cache
+        generic_cache.zeta_layout.lean_decode = False
+        token = model(ids, attention_mask=mask).logits[:, -1:].argmax(-1)
+        for step in range(5):
+            mask = torch.cat((mask, torch.ones(3, 1, dtype=mask.dtype)), dim=1)
+            got = model(token, attention_mask=mask, cache=lean_cache, use_cache=True).logits
+            want = model(token, attention_mask=mask, cache=generic_cache, use_cache=True).logits
+            assert torch.equal(got, want), f"step {step}: max difference {(got - want).abs().max()}"
+            token = want.argmax(-1)
+    assert len(calls) == 5, "the padded batch did not go through the lean step"
+
+
 def test_generate_through_the_lean_step_equals_uncached_generation():
     model = tiny(num_memory_tokens=1)
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(7))
@@ -292,8 +321,8 @@ def test_generate_through_the_lean_step_equals_uncached_generation():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("case", ["alibi", "sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
-                                  "output-attentions", "padded-mask"])
+@pytest.mark.parametrize("case", ["sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
+                                  "output-attentions"])
 def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     """Options the lean step leaves out, hooks it would skip, PEFT layers it would bypass and extras asked for at a
     step all take the generic forward, whose results are the reference."""
@@ -302,8 +331,8 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     calls = []
     original = ZetaModel._takes_decode_step
     monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
-    overrides = {"alibi": dict(position_embedding="alibi"), "sandwich-norm": dict(norm_placement="sandwich"),
-                 "qk-norm": dict(qk_norm=True), "shift-tokens": dict(shift_tokens=1)}.get(case, {})
+    overrides = {"sandwich-norm": dict(norm_placement="sandwich"), "qk-norm": dict(qk_norm=True),
+                 "shift-tokens": dict(shift_tokens=1)}.get(case, {})
     model = tiny(**overrides)
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8))
     if case == "forward-hook":
@@ -314,18 +343,14 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     with torch.no_grad():
         cache = model(ids, use_cache=True).cache
         assert cache.zeta_layout.lean_decode is None  # decided at the first decode step
-    step_kwargs = {}
-    if case == "output-attentions":
-        step_kwargs = dict(output_attentions=True)
-    if case == "padded-mask":
-        step_kwargs = dict(attention_mask=torch.tensor([[0] + [1] * 6, [1] * 7]))
+    step_kwargs = dict(output_attentions=True) if case == "output-attentions" else {}
     with torch.no_grad():
         token = torch.ones(2, 1, dtype=torch.long)
         fresh = model(ids, use_cache=True).cache
         fresh.zeta_layout.lean_decode = False
         got = model(token, cache=cache, use_cache=True, **step_kwargs).logits
         assert not calls, f"{case}: the step went through the lean decode step"
-    if case in ("output-attentions", "padded-mask", "alibi"):  # (ALiBi: the call's bias over the key axis)
+    if case == "output-attentions":
         assert cache.zeta_layout.lean_decode is True  # served in general, but not for this call
     else:
         assert cache.zeta_layout.lean_decode is False

@@ -531,10 +531,8 @@ class ModelCheckMixin:
         with torch.no_grad():
             lean_cache = model(ids, use_cache=True, **enc).cache
             generic_cache = model(ids, use_cache=True, **enc).cache
-            # served where every layer serves it and no bias lies over the key axis at a decode step
-            base = model.base_model
-            lean_served = base._serves_decode_step() and base.position_bias is None and (
-                config.max_attend_past is None)
+            # served wherever every layer serves it, whatever bias lies over the key axis (ALiBi, T5, window)
+            lean_served = model.base_model._serves_decode_step()
             generic_cache.zeta_layout.lean_decode = False  # forces the generic forward
             token = model(ids, use_cache=False, **enc).logits[:, -1:].argmax(-1)
             for step in range(3):

@@ -400,12 +400,14 @@ class ZetaAttention(nn.Module):
         return self.out_glu(self.o_proj(attn_output)), attn_weights, scores
 
     def decode_step(
-        self, hidden_states: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache, rotary: tuple | None,
+        attention_interface: Callable,
     ) -> torch.Tensor:
-        """`forward` for one new query per row on a warm cache with no mask, in eval, for a module built as
+        """`forward` for one new query per row on a warm cache, in eval, for a module built as
         `ZetaLayer.decode_step_reference` builds it (plain `nn.Linear`s, no hooks): the same operations without the
-        module calls and option branches. Where transformers' sdpa function would only call PyTorch's (one unmasked
-        query per row, no grouped heads), this calls it directly."""
+        module calls and option branches. `attention_mask` is the call's additive bias over the key axis (padding,
+        ALiBi / T5 / dynamic bias, window), or None. Where transformers' sdpa function would only call PyTorch's (one
+        unmasked query per row, no grouped heads), this calls it directly."""
         b = hidden_states.shape[0]
         query = F.linear(hidden_states, self.q_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, h, 1, d)
         key = F.linear(hidden_states, self.k_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
@@ -413,10 +415,11 @@ class ZetaAttention(nn.Module):
         if rotary is not None:
             query, key, value = self.rotate(query, key, value, rotary)
         key, value = cache.update(key, value, self.layer_idx)
-        if attention_interface is sdpa_attention_forward and self.num_key_value_groups == 1:
+        if attention_mask is None and attention_interface is sdpa_attention_forward and self.num_key_value_groups == 1:
             out = F.scaled_dot_product_attention(query, key, value, scale=self.scaling).transpose(1, 2)  # (b, 1, h, d)
         else:
-            out, _ = attention_interface(self, query, key, value, None, dropout=0.0, scaling=self.scaling, is_causal=False)
+            out, _ = attention_interface(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
+                                         is_causal=False)
         return F.linear(out.reshape(b, 1, -1), self.o_proj.weight)  # (b, 1, h * d) -> (b, 1, hidden)
 
 
@@ -700,10 +703,12 @@ class ZetaLayer(GradientCheckpointingLayer):
         return self.kind != "cross" and module_signature(self) == reference
 
     def decode_step(
-        self, x: torch.Tensor, cache: Cache, rotary: tuple | None, attention_interface: Callable
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None, query_keep: torch.Tensor | None, cache: Cache,
+        rotary: tuple | None, attention_interface: Callable,
     ) -> torch.Tensor:
         """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`: pre-norm,
-        branch (`ZetaAttention.decode_step` / `ZetaFeedForward.decode_step`), plain residual.
+        branch (`ZetaAttention.decode_step` / `ZetaFeedForward.decode_step`), plain residual. The mask and the kept
+        queries are the call's, as `forward` takes them (None when nothing is padded and no bias lies over the keys).
 
         The same operations in the same order, so the same numbers bit for bit (the common test mixin checks it over
         every variant), without the module calls and option branches that cost as much as the matrix products of a
@@ -713,7 +718,8 @@ class ZetaLayer(GradientCheckpointingLayer):
         h = self.pre_norm.forward(x)
         if self.mlp is not None:
             return self.mlp.decode_step(h) + x
-        return self.self_attn.decode_step(h, cache, rotary, attention_interface) + x
+        h = self.self_attn.decode_step(h, attention_mask, cache, rotary, attention_interface)
+        return (h if query_keep is None else h * query_keep) + x  # Zeta zeroes attention outputs at padded queries
 
 
 # settings that act only in training, and the lean step runs in eval only

@@ -921,7 +921,7 @@ class ZetaModel(ZetaPreTrainedModel):
         eager = kept.attentions is not None
         if self._takes_decode_step(plan, inputs, kept):
             for layer in self.layers:
-                x = layer.decode_step(x, cache, inputs.rotary, attention)
+                x = layer.decode_step(x, inputs.bias, inputs.query_keep, cache, inputs.rotary, attention)
             return self.norm.forward(x)  # no hooks: `_serves_decode_step`
         prev_scores = prev_cross_scores = None
         outer_residual = x * scale if cfg.norm_placement == "resi_dual" else None
@@ -973,8 +973,9 @@ class ZetaModel(ZetaPreTrainedModel):
         return all(layer.serves_decode_step(ref) for layer, ref in zip(self.layers, self._decode_step_references))
 
     def _takes_decode_step(self, plan: ZetaPlan, inputs: _AttentionInputs, kept: _Collected) -> bool:
-        """One new token per row on a warm cache that serves the lean step, with no bias over the key axis (no
-        padding, position bias or window in this call) and nothing asked for beyond the last hidden state.
+        """One new token per row on a warm growing cache whose layers serve the lean step, in eval, with nothing asked
+        for beyond the last hidden state. Padding and biases over the key axis (ALiBi, T5, dynamic, window) reach it
+        as they reach `forward`, in the call's `inputs`.
 
         At batch 1 a decode step's matrix products take about as long as the bookkeeping around them (module calls,
         option branches; `bench/profile_decode.py`), so the lean step keeps only the operations themselves, in the
@@ -984,7 +985,7 @@ class ZetaModel(ZetaPreTrainedModel):
         if plan.layout.lean_decode is None:  # once per sequence: walking the modules costs more than a decode step may
             plan.layout.lean_decode = self._serves_decode_step()
         return (
-            plan.layout.lean_decode and inputs.bias is None and inputs.query_keep is None and not self.training
+            plan.layout.lean_decode and not self.training
             and kept.hidden is None and kept.branch is None and kept.attentions is None and kept.attention_inputs is None
         )
 
