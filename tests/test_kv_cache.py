@@ -223,6 +223,19 @@ DECODE_STEP_FIELD_CASES = {
     "ff_mult": dict(ff_mult=2),
     "ff_activation": dict(ff_activation="swiglu"),
     "ff_bias": dict(ff_bias=False),
+    "ff_post_act_ln": dict(ff_post_act_ln=True),
+    "macaron": dict(macaron=True),
+    "residual_type": dict(residual_type="gru"),
+    "scale_residual": dict(scale_residual=True),
+    "scale_residual_constant": dict(scale_residual_constant=0.7),
+    "qk_norm": dict(qk_norm=True),
+    "qk_norm_groups": dict(qk_norm=True, qk_norm_groups=2),
+    "qk_norm_scale": dict(qk_norm=True, qk_norm_scale=8.0),
+    "qk_norm_dim_scale": dict(qk_norm=True, qk_norm_dim_scale=True),
+    "head_scale": dict(head_scale=True),
+    "gate_values": dict(gate_values=True),
+    "gate_values_bias": dict(gate_values=True, gate_values_bias=not ZetaConfig().gate_values_bias),
+    "attn_on_attn": dict(attn_on_attn=True),
     "rotary_rotate_values": dict(rotary_rotate_values=True),
     "num_memory_kv": dict(num_memory_kv=3),
     "attention_dropout": dict(attention_dropout=0.1),
@@ -321,7 +334,7 @@ def test_generate_through_the_lean_step_equals_uncached_generation():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("case", ["sandwich-norm", "qk-norm", "shift-tokens", "forward-hook", "lora",
+@pytest.mark.parametrize("case", ["sandwich-norm", "talking-heads", "shift-tokens", "forward-hook", "lora",
                                   "output-attentions"])
 def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     """Options the lean step leaves out, hooks it would skip, PEFT layers it would bypass and extras asked for at a
@@ -331,7 +344,7 @@ def test_lean_decode_step_steps_aside_where_it_would_differ(case, monkeypatch):
     calls = []
     original = ZetaModel._takes_decode_step
     monkeypatch.setattr(ZetaModel, "_takes_decode_step", lambda self, *a: original(self, *a) and not calls.append(1))
-    overrides = {"sandwich-norm": dict(norm_placement="sandwich"), "qk-norm": dict(qk_norm=True),
+    overrides = {"sandwich-norm": dict(norm_placement="sandwich"), "talking-heads": dict(talking_heads=True),
                  "shift-tokens": dict(shift_tokens=1)}.get(case, {})
     model = tiny(**overrides)
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(8))

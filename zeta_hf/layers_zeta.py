@@ -412,6 +412,8 @@ class ZetaAttention(nn.Module):
         query = F.linear(hidden_states, self.q_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, h, 1, d)
         key = F.linear(hidden_states, self.k_proj.weight).view(b, 1, -1, self.head_dim).transpose(1, 2)  # (b, kvh, 1, d)
         value = F.linear(hidden_states, self.v_proj.weight).view(b, 1, -1, self.value_dim).transpose(1, 2)
+        if self.qk_norm:
+            query, key = self.normalize_qk(query, self.q_scale), self.normalize_qk(key, self.k_scale)
         if rotary is not None:
             query, key, value = self.rotate(query, key, value, rotary)
         key, value = cache.update(key, value, self.layer_idx)
@@ -420,7 +422,12 @@ class ZetaAttention(nn.Module):
         else:
             out, _ = attention_interface(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
                                          is_causal=False)
-        return F.linear(out.reshape(b, 1, -1), self.o_proj.weight)  # (b, 1, h * d) -> (b, 1, hidden)
+        if self.head_scale is not None:
+            out = out * self.head_scale[:, None]  # (b, 1, h, d) * (h, 1)
+        out = out.reshape(b, 1, -1)  # (b, 1, h * d)
+        if self.v_gate is not None:
+            out = out * F.linear(hidden_states, self.v_gate.weight, self.v_gate.bias).sigmoid()
+        return self.out_glu.forward(F.linear(out, self.o_proj.weight))  # (b, 1, hidden)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -455,15 +462,15 @@ class ZetaFeedForward(nn.Module):
         return self.down_proj(self.dropout(self.post_act_norm(x)))
 
     def decode_step(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` in eval for a module built as `ZetaLayer.decode_step_reference` builds it (no post-activation norm,
-        plain `nn.Linear`s, no hooks): the same operations without the module calls."""
+        """`forward` in eval (dropout off) for a module built as `ZetaLayer.decode_step_reference` builds it (plain
+        `nn.Linear`s, no hooks): the same operations without the module calls."""
         x = F.linear(x, self.up_proj.weight, self.up_proj.bias)
         if self.glu:
             x, gate = x.chunk(2, dim=-1)
             x = x * self.act.forward(gate)
         else:
             x = self.act.forward(x)
-        return F.linear(x, self.down_proj.weight, self.down_proj.bias)
+        return F.linear(self.post_act_norm.forward(x), self.down_proj.weight, self.down_proj.bias)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -676,14 +683,18 @@ class ZetaLayer(GradientCheckpointingLayer):
         return self.post_norm(x), branch, weights, scores
 
     # Config fields whose every value `decode_step` computes as `forward` does at a one-token step on a warm cache:
-    # sizes, norms and activations (run through their own `forward`), rotary on values (`ZetaAttention.rotate`),
-    # memory key/values (read at prefill only), dropouts (the step runs in eval only) and initialisation roles. A layer
-    # serves the step when it is built exactly as these fields alone build it (`serves_decode_step`); an option missing
-    # here only costs speed, never correctness.
+    # sizes, norms, activations and residuals (run through their own `forward`), qk-norm, rotary on values
+    # (`ZetaAttention.rotate`), head scaling, value gating, attention-on-attention, macaron's half step, memory
+    # key/values (read at prefill only), dropouts (the step runs in eval only) and initialisation roles. A layer serves
+    # the step when it is built exactly as these fields alone build it (`serves_decode_step`); an option missing here
+    # only costs speed, never correctness.
     DECODE_STEP_FIELDS = (
         "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "value_head_dim",
         "norm", "layer_norm_eps", "norm_bias", "norm_unit_offset", "scalenorm_dim_scale",
-        "ff_mult", "ff_activation", "ff_bias", "rotary_rotate_values", "num_memory_kv",
+        "ff_mult", "ff_activation", "ff_bias", "ff_post_act_ln", "macaron",
+        "residual_type", "scale_residual", "scale_residual_constant",
+        "qk_norm", "qk_norm_groups", "qk_norm_scale", "qk_norm_dim_scale", "rotary_rotate_values",
+        "head_scale", "gate_values", "gate_values_bias", "attn_on_attn", "num_memory_kv",
         "attention_dropout", "ff_dropout", "zero_init_attn_output", "zero_init_ff_output",
     )
 
@@ -707,7 +718,7 @@ class ZetaLayer(GradientCheckpointingLayer):
         rotary: tuple | None, attention_interface: Callable,
     ) -> torch.Tensor:
         """`forward` for one new token per row on a warm cache, for a layer that `serves_decode_step`: pre-norm,
-        branch (`ZetaAttention.decode_step` / `ZetaFeedForward.decode_step`), plain residual. The mask and the kept
+        branch (`ZetaAttention.decode_step` / `ZetaFeedForward.decode_step`), residual. The mask and the kept
         queries are the call's, as `forward` takes them (None when nothing is padded and no bias lies over the keys).
 
         The same operations in the same order, so the same numbers bit for bit (the common test mixin checks it over
@@ -717,9 +728,12 @@ class ZetaLayer(GradientCheckpointingLayer):
         """
         h = self.pre_norm.forward(x)
         if self.mlp is not None:
-            return self.mlp.decode_step(h) + x
-        h = self.self_attn.decode_step(h, attention_mask, cache, rotary, attention_interface)
-        return (h if query_keep is None else h * query_keep) + x  # Zeta zeroes attention outputs at padded queries
+            h = self.mlp.decode_step(h)
+        else:
+            h = self.self_attn.decode_step(h, attention_mask, cache, rotary, attention_interface)
+            if query_keep is not None:  # Zeta zeroes attention outputs at padded queries
+                h = h * query_keep
+        return self.residual.forward(h * self.branch_scale if self.branch_scale != 1.0 else h, x)
 
 
 # settings that act only in training, and the lean step runs in eval only
