@@ -173,6 +173,10 @@ def test_fsdp_matches_ddp_step_by_step(fsdp_run, ddp_run):
     assert max_abs_diff(fsdp_run, ddp_run) < WEIGHT_ATOL
     summary = json.loads((fsdp_run / "training_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["tokens_seen"] == STEPS * 2 * 4 * 32
+    # the model card's command names the launcher that ran it, with FSDP (a torchrun line would train without it)
+    assert summary["command"].startswith("accelerate launch --num_machines 1 --num_processes 2 --use_fsdp -m zeta_hf.cli train ")
+    assert json.loads((ddp_run / "training_summary.json").read_text())["command"].startswith(
+        "torchrun --nproc_per_node 2 -m zeta_hf.cli train ")
 
 
 def _kill_run(proc: subprocess.Popen) -> None:

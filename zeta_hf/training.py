@@ -632,8 +632,17 @@ def _make_trainer(args: argparse.Namespace, config: ZetaConfig, tokenizer, train
 
 def _command_line() -> str:
     """How this run was started, for the model card."""
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if world > 1:
+    env = os.environ
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1 and "ACCELERATE_MIXED_PRECISION" in env:  # `accelerate launch` sets it in every process it starts
+        # The launcher, the process layout, sharding and precision; the rest of an accelerate config file (FSDP
+        # version, sharding strategy) is not visible from here, and the file's path is not passed on.
+        flags = {"--use_fsdp": "ACCELERATE_USE_FSDP", "--use_deepspeed": "ACCELERATE_USE_DEEPSPEED"}
+        sharding = [flag for flag, var in flags.items() if env.get(var, "").lower() == "true"]
+        precision = env["ACCELERATE_MIXED_PRECISION"]
+        launcher = ["accelerate", "launch", "--num_machines", str(world // local), "--num_processes", str(world),
+                    *sharding, *(["--mixed_precision", precision] if precision != "no" else []), "-m", "zeta_hf.cli"]
+    elif world > 1:
         nodes = ["--nnodes", str(world // local)] if world > local else []
         launcher = ["torchrun", *nodes, "--nproc_per_node", str(local), "-m", "zeta_hf.cli"]
     elif Path(sys.argv[0]).name == "zeta-hf":
