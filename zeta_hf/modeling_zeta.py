@@ -914,15 +914,16 @@ class ZetaModel(ZetaPreTrainedModel):
         """The residual stack, then the final norm (resiDual: its outer residual stream, normed, added back).
 
         `attn_kwargs` are continuous batching's per-batch indices (for its paged cache) and packed lengths."""
-        cfg = self.config
-        layer_dropout, scale = (cfg.layer_dropout if self.training else 0.0), cfg.resi_dual_scale
-        residual_attn, cross_residual_attn = cfg.residual_attn, cfg.cross_residual_attn
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(plan.attn_implementation, eager_attention_forward)
-        eager = kept.attentions is not None
         if self._takes_decode_step(plan, inputs, kept):
             for layer in self.layers:
                 x = layer.decode_step(x, inputs.bias, inputs.query_keep, cache, inputs.rotary, attention)
             return self.norm.forward(x)  # no hooks: `_serves_decode_step`
+        # (the lean step reads none of these: they are read after its exit)
+        cfg = self.config
+        layer_dropout, scale = (cfg.layer_dropout if self.training else 0.0), cfg.resi_dual_scale
+        residual_attn, cross_residual_attn = cfg.residual_attn, cfg.cross_residual_attn
+        eager = kept.attentions is not None
         prev_scores = prev_cross_scores = None
         outer_residual = x * scale if cfg.norm_placement == "resi_dual" else None
         for idx, layer in enumerate(self.layers):
